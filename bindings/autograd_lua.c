@@ -1,0 +1,84 @@
+/* autograd_lua.c — backward, grad mode, detach and retain_grad for Lua. */
+#include "microml_lua.h"
+#include "../runtime/autograd.h"
+
+/* t:backward([grad] [, {retain_graph = bool}]) */
+static int m_backward(lua_State *L) {
+  mm_tensor *t = mm_lua_check(L, 1);
+  mm_tensor *g = NULL;
+  int opts = 2;
+  if (mm_lua_test(L, 2)) { g = mm_lua_check(L, 2); opts = 3; }
+  else if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2)) luaL_typeerror(L, 2, "Tensor or options table");
+  bool retain = mm_lua_opt_bool(L, opts, "retain_graph", false);
+  if (mm_backward(t, g, retain) < 0) return mm_lua_error(L);
+  return 0;
+}
+
+static int m_detach(lua_State *L) { return mm_lua_push(L, mm_detach(mm_lua_check(L, 1))); }
+
+static int m_detach_(lua_State *L) {
+  mm_tensor *t = mm_lua_check(L, 1);
+  if (t->grad_fn) mm_autograd_detach_output(t);
+  t->requires_grad = false;
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int m_retain_grad(lua_State *L) {
+  mm_tensor *t = mm_lua_check(L, 1);
+  if (!t->requires_grad)
+    return luaL_error(L, "retain_grad: the tensor does not require grad");
+  if (t->grad_fn) t->retains_grad = true;
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int m_requires_grad_(lua_State *L) {
+  mm_tensor *t = mm_lua_check(L, 1);
+  bool v = lua_isnoneornil(L, 2) ? true : lua_toboolean(L, 2);
+  if (t->grad_fn && !v) return luaL_error(L, "requires_grad_: only leaf tensors can stop requiring grad (use :detach())");
+  if (v && !mm_dtype_is_float(t->dtype))
+    return luaL_error(L, "requires_grad_: only float32/float64 tensors can require gradients, got %s",
+                      mm_dtype_name(t->dtype));
+  if (!t->grad_fn) t->requires_grad = v;
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_is_grad_enabled(lua_State *L) { lua_pushboolean(L, mm_grad_enabled()); return 1; }
+static int l_set_grad_enabled(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_pushboolean(L, mm_grad_enabled());
+  mm_set_grad_enabled(lua_toboolean(L, 1));
+  return 1;   /* the previous mode, so callers can restore it */
+}
+
+/* Restores grad mode whatever fn does (error or not), then re-raises. */
+static int l_no_grad(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  bool prev = mm_grad_enabled();
+  mm_set_grad_enabled(false);
+  int n = lua_gettop(L);
+  int rc = lua_pcall(L, n - 1, LUA_MULTRET, 0);
+  mm_set_grad_enabled(prev);
+  if (rc != LUA_OK) return lua_error(L);
+  return lua_gettop(L);
+}
+
+static int l_autograd_stats(lua_State *L) {
+  mm_autograd_set_stats(lua_toboolean(L, 1));
+  return 0;
+}
+
+void mm_lua_open_autograd(lua_State *L, int module, int methods) {
+  static const luaL_Reg meths[] = {
+    {"backward", m_backward}, {"detach", m_detach}, {"detach_", m_detach_},
+    {"retain_grad", m_retain_grad}, {"requires_grad_", m_requires_grad_}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+    {"is_grad_enabled", l_is_grad_enabled}, {"set_grad_enabled", l_set_grad_enabled},
+    {"no_grad", l_no_grad}, {"_autograd_stats", l_autograd_stats}, {NULL, NULL}};
+  mm_lua_register(L, module, methods, meths, false, true);
+  mm_lua_register(L, module, methods, fns, true, false);
+  lua_getfield(L, module, "detach");
+  lua_pop(L, 1);
+}

@@ -1,0 +1,342 @@
+/* autograd.c — the engine: recording nodes, topological sort, and the
+ * reverse sweep.
+ *
+ * Graph shape: a non-leaf tensor holds a reference to its grad_fn node; a
+ * node holds references to the nodes of its inputs (and to leaf inputs that
+ * require grad) through its edges.  Nothing points back to outputs except a
+ * weak pointer, so the graph is a DAG of references and dies with its last
+ * output.  Both sorting and freeing are iterative: a 100,000-node chain
+ * needs no deep C stack. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd.h"
+
+static bool grad_enabled = true;
+static bool stats_enabled = false;
+static uint64_t next_id = 1;
+static uint64_t visit_gen = 0;
+
+bool mm_grad_enabled(void) { return grad_enabled; }
+void mm_set_grad_enabled(bool on) { grad_enabled = on; }
+void mm_autograd_set_stats(bool on) { stats_enabled = on; }
+
+bool mm_needs_grad(int n, mm_tensor *const *inputs) {
+  if (!grad_enabled) return false;
+  for (int i = 0; i < n; i++)
+    if (inputs[i] && inputs[i]->requires_grad) return true;
+  return false;
+}
+
+mm_node *mm_node_new(const char *name, mm_backward_fn fn, int n, mm_tensor *const *inputs) {
+  mm_node *node = calloc(1, sizeof *node);
+  if (!node) goto oom;
+  node->edges = n <= 4 ? node->inline_edges : calloc((size_t)n, sizeof(mm_edge));
+  if (!node->edges) { free(node); goto oom; }
+  node->refcount = 1;
+  node->name = name;
+  node->backward = fn;
+  node->ninputs = n;
+  node->id = next_id++;
+  for (int i = 0; i < n; i++) {
+    mm_edge *e = &node->edges[i];
+    mm_tensor *t = inputs[i];
+    if (!t) continue;
+    e->dtype = t->dtype;
+    e->ndim = t->ndim;
+    memcpy(e->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+    if (!t->requires_grad) continue;
+    e->needs_grad = true;
+    if (t->grad_fn) {
+      e->node = t->grad_fn;
+      mm_node_retain(e->node);
+    } else {
+      e->leaf = t;
+      mm_tensor_retain(t);
+    }
+  }
+  return node;
+oom:
+  mm_set_error("out of memory recording an autograd node for %s", name);
+  return NULL;
+}
+
+int mm_node_save(mm_node *node, mm_tensor *t) {
+  if (node->nsaved == MM_NODE_MAX_SAVED) return -1;
+  mm_tensor *alias = mm_tensor_view_of(t, t->ndim, t->shape, t->stride, t->offset);
+  if (!alias) return -1;
+  int k = node->nsaved++;
+  node->saved[k] = alias;
+  node->saved_version[k] = t->storage->version;
+  return k;
+}
+
+void mm_node_attach(mm_node *node, mm_tensor *out) {
+  out->grad_fn = node;
+  out->requires_grad = true;
+  node->output = out;
+  node->out_dtype = out->dtype;
+  node->out_ndim = out->ndim;
+  memcpy(node->out_shape, out->shape, sizeof(int64_t) * (size_t)out->ndim);
+}
+
+void mm_node_retain(mm_node *n) { n->refcount++; }
+
+static void release_saved(mm_node *n) {
+  for (int i = 0; i < n->nsaved; i++) {
+    mm_tensor_release(n->saved[i]);
+    n->saved[i] = NULL;
+  }
+  n->nsaved = 0;
+}
+
+/* Iterative: releasing the head of a long chain frees the whole chain with
+ * a heap-allocated worklist instead of recursion. */
+void mm_node_release(mm_node *first) {
+  if (!first || --first->refcount > 0) return;
+  size_t cap = 64, top = 0;
+  mm_node **stack = malloc(cap * sizeof *stack);
+  mm_node *inline_stack[1];
+  if (!stack) { stack = inline_stack; cap = 1; }
+  stack[top++] = first;
+  while (top) {
+    mm_node *n = stack[--top];
+    for (int i = 0; i < n->ninputs; i++) {
+      mm_edge *e = &n->edges[i];
+      if (e->leaf) mm_tensor_release(e->leaf);
+      if (e->node && --e->node->refcount == 0) {
+        if (top == cap && stack != inline_stack) {
+          mm_node **bigger = realloc(stack, 2 * cap * sizeof *stack);
+          if (bigger) { stack = bigger; cap *= 2; }
+        }
+        if (top < cap) stack[top++] = e->node;
+        else { e->node->refcount = 1; mm_node_release(e->node); } /* last resort */
+      }
+    }
+    release_saved(n);
+    if (n->grad_acc) mm_tensor_release(n->grad_acc);
+    if (n->edges != n->inline_edges) free(n->edges);
+    free(n->ctx);
+    free(n);
+  }
+  if (stack != inline_stack) free(stack);
+}
+
+void mm_autograd_detach_output(mm_tensor *t) {
+  mm_node *n = t->grad_fn;
+  t->grad_fn = NULL;
+  if (n->output == t) n->output = NULL;
+  mm_node_release(n);
+}
+
+mm_tensor *mm_detach(mm_tensor *t) {
+  return mm_tensor_view_of(t, t->ndim, t->shape, t->stride, t->offset);
+}
+
+/* acc += g, out of place unless we own acc outright. */
+static int accumulate(mm_tensor **acc, mm_tensor *g, bool in_place_ok) {
+  if (!*acc) {
+    mm_tensor_retain(g);
+    *acc = g;
+    return 0;
+  }
+  if (in_place_ok) return mm_binary_inplace(MM_OP_ADD, *acc, g);
+  mm_tensor *s = mm_binary(MM_OP_ADD, *acc, g);
+  if (!s) return -1;
+  mm_tensor_release(*acc);
+  *acc = s;
+  return 0;
+}
+
+static void record_stats(mm_node *n, mm_tensor *g) {
+  double ss = 0, mx = 0;
+  bool bad = false;
+  int64_t k = mm_numel(g);
+  for (int64_t i = 0; i < k; i++) {
+    double v = mm_get_flat(g, i);
+    if (!isfinite(v)) bad = true;
+    else {
+      ss += v * v;
+      if (fabs(v) > mx) mx = fabs(v);
+    }
+  }
+  n->has_stats = true;
+  n->grad_norm = sqrt(ss);
+  n->grad_maxabs = mx;
+  n->grad_nonfinite = bad;
+}
+
+/* Accumulates g into a leaf's .grad.  The first gradient is copied so that
+ * .grad never aliases a buffer someone else holds; later ones add in place,
+ * as PyTorch does. */
+static int accumulate_leaf(mm_tensor *leaf, mm_tensor *g) {
+  if (!leaf->grad) {
+    mm_tensor *c = mm_clone(g);
+    if (!c) return -1;
+    leaf->grad = c;
+    return 0;
+  }
+  int rc = mm_binary_inplace(MM_OP_ADD, leaf->grad, g);
+  return rc;
+}
+
+/* Brings a raw input gradient to the edge's shape and dtype. */
+static mm_tensor *fit_to_edge(mm_tensor *g, const mm_edge *e) {
+  mm_tensor *r = mm_sum_to(g, e->ndim, e->shape);
+  if (!r) return NULL;
+  if (r->dtype != e->dtype) {
+    mm_tensor *c = mm_to_dtype(r, e->dtype);
+    mm_tensor_release(r);
+    r = c;
+  }
+  return r;
+}
+
+typedef struct { mm_node **v; size_t n, cap; } node_vec;
+static int vec_push(node_vec *s, mm_node *n) {
+  if (s->n == s->cap) {
+    size_t c = s->cap ? 2 * s->cap : 256;
+    mm_node **v = realloc(s->v, c * sizeof *v);
+    if (!v) { mm_set_error("out of memory sorting the autograd graph"); return -1; }
+    s->v = v;
+    s->cap = c;
+  }
+  s->v[s->n++] = n;
+  return 0;
+}
+
+int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
+  char b1[160], b2[160];
+  if (!t->requires_grad) {
+    mm_set_error("backward: the tensor does not require grad and has no grad_fn "
+                 "(did you forget requires_grad = true, or build it under no_grad?)");
+    return -1;
+  }
+  mm_tensor *seed;
+  if (g) {
+    if (g->ndim != t->ndim || memcmp(g->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim)) {
+      mm_set_error("backward: gradient has shape %s but the tensor has shape %s",
+                   mm_shape_str(g->ndim, g->shape, b1, sizeof b1),
+                   mm_shape_str(t->ndim, t->shape, b2, sizeof b2));
+      return -1;
+    }
+    seed = mm_to_dtype(g, t->dtype);
+  } else {
+    if (mm_numel(t) != 1) {
+      mm_set_error("backward: grad can be implicitly created only for one-element tensors, "
+                   "got shape %s; pass a gradient: t:backward(g)",
+                   mm_shape_str(t->ndim, t->shape, b1, sizeof b1));
+      return -1;
+    }
+    seed = mm_tensor_full(t->dtype, t->ndim, t->shape, 1.0);
+  }
+  if (!seed) return -1;
+
+  bool saved_mode = grad_enabled;
+  grad_enabled = false;
+  int rc = -1;
+  node_vec order = {0}, stack = {0};
+
+  if (!t->grad_fn) { /* a leaf */
+    rc = accumulate_leaf(t, seed);
+    goto done;
+  }
+
+  /* Pass 1: iterative DFS collecting every reachable node once and counting,
+   * for each node, how many reachable consumers will send it a gradient. */
+  uint64_t gen = ++visit_gen;
+  mm_node *root = t->grad_fn;
+  root->visit = gen;
+  root->pending = 0;
+  if (vec_push(&stack, root) < 0) goto done;
+  while (stack.n) {
+    mm_node *n = stack.v[--stack.n];
+    if (vec_push(&order, n) < 0) goto done;
+    for (int i = 0; i < n->ninputs; i++) {
+      mm_node *m = n->edges[i].node;
+      if (!m) continue;
+      if (m->visit != gen) {
+        m->visit = gen;
+        m->pending = 0;
+        if (vec_push(&stack, m) < 0) goto done;
+      }
+      m->pending++;
+    }
+  }
+  /* Refuse before touching any gradient: a released graph or a saved tensor
+   * modified in place would give a silently wrong answer. */
+  for (size_t k = 0; k < order.n; k++) {
+    mm_node *n = order.v[k];
+    if (n->released) {
+      mm_set_error("backward: trying to backward through the graph a second time (%s's saved "
+                   "tensors were freed by the first backward); use backward{retain_graph = true} "
+                   "the first time", n->name);
+      goto done;
+    }
+    for (int i = 0; i < n->nsaved; i++)
+      if (n->saved[i]->storage->version != n->saved_version[i]) {
+        mm_set_error("backward: a tensor needed by %s was modified by an in-place operation "
+                     "(saved at version %llu, now at version %llu); use an out-of-place op or "
+                     "clone() it first", n->name, (unsigned long long)n->saved_version[i],
+                     (unsigned long long)n->saved[i]->storage->version);
+        goto done;
+      }
+  }
+
+  /* Pass 2: Kahn's order — a node runs once all its consumers have run. */
+  root->grad_acc = seed;
+  mm_tensor_retain(seed);
+  stack.n = 0;
+  vec_push(&stack, root);
+  while (stack.n) {
+    mm_node *n = stack.v[--stack.n];
+    mm_tensor *gout = n->grad_acc;
+    n->grad_acc = NULL;
+    if (stats_enabled) record_stats(n, gout);
+    if (n->output && n->output->retains_grad) {
+      if (accumulate(&n->output->grad, gout, false) < 0) { mm_tensor_release(gout); goto done; }
+    }
+    mm_tensor *gin_inline[4] = {0}, **gin = gin_inline;
+    if (n->ninputs > 4 && !(gin = calloc((size_t)n->ninputs, sizeof *gin))) {
+      mm_set_error("out of memory in backward");
+      mm_tensor_release(gout);
+      goto done;
+    }
+    int brc = n->backward(n, gout, gin);
+    mm_tensor_release(gout);
+    for (int i = 0; i < n->ninputs && brc == 0; i++) {
+      mm_edge *e = &n->edges[i];
+      if (!e->needs_grad || !gin[i]) continue;
+      mm_tensor *fit = fit_to_edge(gin[i], e);
+      if (!fit) { brc = -1; break; }
+      if (e->node) brc = accumulate(&e->node->grad_acc, fit, false);
+      else if (e->leaf) brc = accumulate_leaf(e->leaf, fit);
+      mm_tensor_release(fit);
+    }
+    for (int i = 0; i < n->ninputs; i++) mm_tensor_release(gin[i]);
+    if (gin != gin_inline) free(gin);
+    if (brc < 0) goto done;
+    for (int i = 0; i < n->ninputs; i++) {
+      mm_node *m = n->edges[i].node;
+      if (m && n->edges[i].needs_grad && --m->pending == 0 && m->grad_acc) vec_push(&stack, m);
+    }
+    if (!retain_graph) {
+      release_saved(n);
+      n->released = true;
+    }
+  }
+  rc = 0;
+done:
+  /* Drop any gradient left in flight by an error. */
+  for (size_t k = 0; k < order.n; k++)
+    if (order.v[k]->grad_acc) {
+      mm_tensor_release(order.v[k]->grad_acc);
+      order.v[k]->grad_acc = NULL;
+    }
+  free(order.v);
+  free(stack.v);
+  mm_tensor_release(seed);
+  grad_enabled = saved_mode;
+  return rc;
+}

@@ -1,0 +1,191 @@
+/* tensor.c — tensor lifetime, geometry, dtypes and element access.
+ * Tensor headers are recycled through a free list for the same reason
+ * storages are: an eager op creates one, and malloc per op is measurable. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "microml.h"
+#include "autograd.h"
+
+static mm_tensor *free_headers;   /* linked through ->grad */
+
+size_t mm_dtype_size(mm_dtype dt) { return dt == MM_FLOAT32 ? 4 : 8; }
+
+const char *mm_dtype_name(mm_dtype dt) {
+  switch (dt) {
+  case MM_FLOAT32: return "float32";
+  case MM_FLOAT64: return "float64";
+  case MM_INT64: return "int64";
+  }
+  return "?";
+}
+
+int mm_dtype_from_name(const char *name, mm_dtype *out) {
+  static const struct { const char *n; mm_dtype d; } names[] = {
+    {"float32", MM_FLOAT32}, {"float", MM_FLOAT32}, {"float64", MM_FLOAT64},
+    {"double", MM_FLOAT64}, {"int64", MM_INT64}, {"long", MM_INT64},
+  };
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strcmp(name, names[i].n) == 0) { *out = names[i].d; return 0; }
+  return -1;
+}
+
+const char *mm_shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
+  size_t k = 0;
+  k += (size_t)snprintf(buf + k, n - k, "(");
+  for (int i = 0; i < ndim && k < n; i++)
+    k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+  if (k < n) snprintf(buf + k, n - k, ")");
+  return buf;
+}
+
+int mm_check_shape(int ndim, const int64_t *shape, const char *where) {
+  if (ndim < 0 || ndim > MM_MAX_DIMS) {
+    mm_set_error("%s: expected at most %d dimensions, got %d", where, MM_MAX_DIMS, ndim);
+    return -1;
+  }
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) {
+      mm_set_error("%s: expected sizes >= 0, got %lld for dimension %d", where,
+                   (long long)shape[i], i + 1);
+      return -1;
+    }
+    if (shape[i] && n > ((int64_t)1 << 50) / shape[i]) {
+      char b[160];
+      mm_set_error("%s: shape %s has too many elements to allocate", where,
+                   mm_shape_str(ndim, shape, b, sizeof b));
+      return -1;
+    }
+    n *= shape[i];
+  }
+  return 0;
+}
+
+int64_t mm_numel(const mm_tensor *t) {
+  int64_t n = 1;
+  for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+  return n;
+}
+
+bool mm_is_contiguous(const mm_tensor *t) {
+  int64_t expect = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    if (t->shape[i] != 1 && t->stride[i] != expect) return false;
+    expect *= t->shape[i];
+  }
+  return true;
+}
+
+static mm_tensor *header_new(void) {
+  mm_tensor *t = free_headers;
+  if (t) free_headers = t->grad;
+  else if (!(t = malloc(sizeof *t))) {
+    mm_set_error("out of memory allocating a tensor header");
+    return NULL;
+  }
+  memset(t, 0, sizeof *t);
+  t->refcount = 1;
+  return t;
+}
+
+mm_tensor *mm_tensor_empty(mm_dtype dt, int ndim, const int64_t *shape) {
+  if (mm_check_shape(ndim, shape, "tensor") < 0) return NULL;
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= shape[i];
+  mm_storage *s = mm_storage_new((size_t)n * mm_dtype_size(dt));
+  if (!s) return NULL;
+  mm_tensor *t = header_new();
+  if (!t) { mm_storage_release(s); return NULL; }
+  t->dtype = dt;
+  t->ndim = ndim;
+  t->storage = s;
+  int64_t st = 1;
+  for (int i = ndim - 1; i >= 0; i--) {
+    t->shape[i] = shape[i];
+    t->stride[i] = st;
+    st *= shape[i];
+  }
+  return t;
+}
+
+mm_tensor *mm_tensor_zeros(mm_dtype dt, int ndim, const int64_t *shape) {
+  mm_tensor *t = mm_tensor_empty(dt, ndim, shape);
+  if (t) memset(mm_data_ptr(t), 0, (size_t)mm_numel(t) * mm_dtype_size(dt));
+  return t;
+}
+
+mm_tensor *mm_tensor_full(mm_dtype dt, int ndim, const int64_t *shape, double v) {
+  mm_tensor *t = mm_tensor_empty(dt, ndim, shape);
+  if (t) mm_fill_(t, v);
+  return t;
+}
+
+mm_tensor *mm_tensor_scalar(mm_dtype dt, double v) { return mm_tensor_full(dt, 0, NULL, v); }
+
+mm_tensor *mm_tensor_view_of(const mm_tensor *base, int ndim, const int64_t *shape,
+                             const int64_t *stride, int64_t offset) {
+  mm_tensor *t = header_new();
+  if (!t) return NULL;
+  t->dtype = base->dtype;
+  t->ndim = ndim;
+  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  memcpy(t->stride, stride, sizeof(int64_t) * (size_t)ndim);
+  t->offset = offset;
+  t->storage = base->storage;
+  mm_storage_retain(t->storage);
+  return t;
+}
+
+void mm_tensor_retain(mm_tensor *t) { t->refcount++; }
+
+void mm_tensor_release(mm_tensor *t) {
+  if (!t || --t->refcount > 0) return;
+  mm_storage_release(t->storage);
+  if (t->grad) mm_tensor_release(t->grad);
+  if (t->grad_fn) mm_autograd_detach_output(t);
+  t->grad = free_headers;
+  free_headers = t;
+}
+
+/* Offset (in elements) of the i-th element in row-major order. */
+static int64_t flat_offset(const mm_tensor *t, int64_t i) {
+  int64_t off = t->offset;
+  for (int d = t->ndim - 1; d >= 0; d--) {
+    int64_t n = t->shape[d];
+    off += (i % n) * t->stride[d];
+    i /= n;
+  }
+  return off;
+}
+
+double mm_get_flat(const mm_tensor *t, int64_t i) {
+  int64_t off = flat_offset(t, i);
+  switch (t->dtype) {
+  case MM_FLOAT32: return ((float *)t->storage->data)[off];
+  case MM_FLOAT64: return ((double *)t->storage->data)[off];
+  case MM_INT64: return (double)((int64_t *)t->storage->data)[off];
+  }
+  return 0;
+}
+
+void mm_set_flat(mm_tensor *t, int64_t i, double v) {
+  int64_t off = flat_offset(t, i);
+  switch (t->dtype) {
+  case MM_FLOAT32: ((float *)t->storage->data)[off] = (float)v; break;
+  case MM_FLOAT64: ((double *)t->storage->data)[off] = v; break;
+  case MM_INT64: ((int64_t *)t->storage->data)[off] = (int64_t)v; break;
+  }
+}
+
+int mm_wrap_dim(int dim, int ndim, const char *where) {
+  int n = ndim > 0 ? ndim : 1;
+  if (dim < -n || dim >= n) {
+    mm_set_error("%s: dimension out of range (expected 1..%d or -%d..-1, got %d)", where, n, n,
+                 dim >= 0 ? dim + 1 : dim);
+    return -1;
+  }
+  return dim < 0 ? dim + n : dim;
+}
