@@ -49,5 +49,11 @@ void mm_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_R
 /* Registration of the other binding files. */
 void mm_lua_open_autograd(lua_State *L, int module_idx, int methods_idx);
 void mm_lua_open_ops(lua_State *L, int module_idx, int methods_idx);
+void mm_lua_open_reduce(lua_State *L, int module_idx, int methods_idx);
+void mm_lua_open_nnops(lua_State *L, int module_idx, int methods_idx);
+void mm_lua_open_linalg(lua_State *L, int module_idx, int methods_idx);
+void mm_lua_open_combine(lua_State *L, int module_idx, int methods_idx);
+void mm_lua_open_io(lua_State *L, int module_idx, int methods_idx);
+void mm_lua_open_optim(lua_State *L, int module_idx, int methods_idx);
 
 #endif

@@ -646,6 +646,27 @@ static int m_totable(lua_State *L) {
   return 1;
 }
 
+/* t:_get(i) / t:_set(i, v): the i-th element (1-based) in row-major order.
+ * Low-level access for gradcheck and tests; bounds-checked. */
+static int64_t check_flat(lua_State *L, mm_tensor *t) {
+  int64_t i = mm_lua_check_int(L, 2), n = mm_numel(t);
+  if (i < 1 || i > n)
+    luaL_argerror(L, 2, lua_pushfstring(L, "flat index out of range (expected 1..%I, got %I)",
+                                        (lua_Integer)n, (lua_Integer)i));
+  return i - 1;
+}
+static int m_get(lua_State *L) {
+  mm_tensor *t = mm_lua_check(L, 1);
+  push_number(L, t, check_flat(L, t));
+  return 1;
+}
+static int m_set(lua_State *L) {
+  mm_tensor *t = mm_lua_check(L, 1);
+  int64_t i = check_flat(L, t);
+  mm_set_flat(t, i, luaL_checknumber(L, 3));
+  return 0;
+}
+
 /* In-place writes are refused on leaves that require grad (as in PyTorch)
  * unless grad mode is off, e.g. inside an optimizer step. */
 static void check_inplace(lua_State *L, mm_tensor *t, const char *name) {
@@ -913,7 +934,7 @@ static const luaL_Reg methods[] = {
   {"storage_offset", m_storage_offset}, {"t", m_t}, {"expand_as", m_expand_as},
   {"item", m_item}, {"totable", m_totable}, {"fill_", m_fill_}, {"zero_", m_zero_},
   {"copy_", m_copy_}, {"float", m_float}, {"double", m_double}, {"long", m_long}, {"to", m_to},
-  {"add_", m_add_}, {"sub_", m_sub_}, {"mul_", m_mul_}, {"div_", m_div_}, {"free", t_release},
+  {"_get", m_get}, {"_set", m_set}, {"add_", m_add_}, {"sub_", m_sub_}, {"mul_", m_mul_}, {"div_", m_div_}, {"free", t_release},
   {NULL, NULL}};
 
 static const luaL_Reg metamethods[] = {

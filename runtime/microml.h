@@ -196,3 +196,12 @@ mm_tensor *mm_masked_fill(mm_tensor *t, mm_tensor *mask, double value);
 char *mm_tensor_format(const mm_tensor *t);
 
 #endif /* MICROML_H */
+
+/* The op families, one header each (outside the guard so that each can
+   include microml.h first). */
+#include "reduce.h"   /* sum, mean, var, max, argmax, logsumexp, norm, ... */
+#include "nnops.h"    /* softmax, log_softmax, losses, layer_norm, dropout */
+#include "linalg.h"   /* matmul, linear, conv2d, pooling */
+#include "combine.h"  /* cat, stack, split, pad, index_select, gather, embedding, clamp */
+#include "io.h"       /* IDX, .npy, CSV readers; safetensors save/load */
+#include "optim.h"    /* fused optimizer updates */

@@ -19,4 +19,7 @@ setmetatable(M, {
   end,
 })
 
+-- gradcheck is a function, not a table of functions.
+M.gradcheck = function(...) return require("microml.gradcheck")(...) end
+
 return M
