@@ -24,6 +24,7 @@ int mm_lua_error(lua_State *L) { return luaL_error(L, "%s", mm_error()); }
 
 mm_tensor *mm_lua_test(lua_State *L, int idx) {
   tensor_box *b = luaL_testudata(L, idx, MM_TENSOR_MT);
+  if (b && !b->t) luaL_argerror(L, idx, "tensor has been freed (used after :free() or <close>)");
   return b ? b->t : NULL;
 }
 
@@ -122,8 +123,14 @@ int mm_lua_check_shape(lua_State *L, int idx, int64_t *shape, int *next_idx) {
   return nd;
 }
 
+/* An options table is only ever an actual argument: idx outside the
+ * arguments means "no options". */
+static bool has_opts(lua_State *L, int idx) {
+  return idx > 0 && idx <= lua_gettop(L) && lua_istable(L, idx);
+}
+
 mm_dtype mm_lua_opt_dtype(lua_State *L, int idx, mm_dtype def) {
-  if (!lua_istable(L, idx)) return def;
+  if (!has_opts(L, idx)) return def;
   lua_getfield(L, idx, "dtype");
   mm_dtype dt = def;
   if (!lua_isnil(L, -1)) {
@@ -137,7 +144,7 @@ mm_dtype mm_lua_opt_dtype(lua_State *L, int idx, mm_dtype def) {
 }
 
 bool mm_lua_opt_bool(lua_State *L, int idx, const char *field, bool def) {
-  if (!lua_istable(L, idx)) return def;
+  if (!has_opts(L, idx)) return def;
   lua_getfield(L, idx, field);
   bool v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -221,8 +228,9 @@ static void table_fill(lua_State *L, int idx, int depth, int nd, const int64_t *
     if (depth == nd - 1) {
       if (lua_type(L, -1) != LUA_TNUMBER)
         luaL_error(L, "tensor: expected a number at depth %d, got %s", depth + 1, luaL_typename(L, -1));
-      if (t) mm_set_flat(t, (*pos)++, lua_tonumber(L, -1));
+      if (t) mm_set_flat(t, *pos, lua_tonumber(L, -1));
       else if (!lua_isinteger(L, -1)) *all_int = false;
+      (*pos)++;
     } else {
       if (!lua_istable(L, -1))
         luaL_error(L, "tensor: ragged nested table (expected a table at depth %d, got %s)",
@@ -412,6 +420,38 @@ static int l_eye(lua_State *L) {
 
 static int l_manual_seed(lua_State *L) {
   mm_manual_seed((uint64_t)mm_lua_check_int(L, 1));
+  return 0;
+}
+
+/* The generator's whole state as a plain table, for checkpoints. */
+static int l_get_rng_state(lua_State *L) {
+  mm_rng_state st;
+  mm_rng_get_state(&st);
+  lua_createtable(L, 6, 0);
+  for (int i = 0; i < 4; i++) {
+    lua_pushinteger(L, (lua_Integer)st.s[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushnumber(L, st.spare), lua_rawseti(L, -2, 5);
+  lua_pushboolean(L, st.has_spare), lua_rawseti(L, -2, 6);
+  return 1;
+}
+static int l_set_rng_state(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  mm_rng_state st;
+  for (int i = 0; i < 4; i++) {
+    if (lua_rawgeti(L, 1, i + 1) != LUA_TNUMBER || !lua_isinteger(L, -1))
+      luaL_argerror(L, 1, "expected a table from mm.get_rng_state()");
+    st.s[i] = (uint64_t)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  if (!(st.s[0] | st.s[1] | st.s[2] | st.s[3]))
+    luaL_argerror(L, 1, "an all-zero generator state is invalid");
+  lua_rawgeti(L, 1, 5);
+  st.spare = lua_tonumber(L, -1);
+  lua_rawgeti(L, 1, 6);
+  st.has_spare = lua_toboolean(L, -1);
+  mm_rng_set_state(&st);
   return 0;
 }
 
@@ -718,7 +758,8 @@ static int m_to(lua_State *L) {
 
 /* a op b where either side may be a number. */
 static int binary(lua_State *L, mm_binary_op op) {
-  mm_tensor *a = mm_lua_test(L, 1), *b = mm_lua_test(L, 2);
+  mm_tensor *a = luaL_testudata(L, 1, MM_TENSOR_MT) ? mm_lua_check(L, 1) : NULL;
+  mm_tensor *b = luaL_testudata(L, 2, MM_TENSOR_MT) ? mm_lua_check(L, 2) : NULL;
   if (a && b) return mm_lua_push(L, mm_binary(op, mm_lua_check(L, 1), mm_lua_check(L, 2)));
   if (a) {
     mm_lua_check(L, 1);
@@ -823,11 +864,16 @@ static int mt_len(lua_State *L) {
 
 /* t[i] selects along dim 1; strings reach methods and attributes. */
 static int mt_index(lua_State *L) {
-  mm_tensor *t = mm_lua_check(L, 1);
+  luaL_checkudata(L, 1, MM_TENSOR_MT);
   if (lua_type(L, 2) == LUA_TSTRING) {
+    /* Methods resolve even on a freed tensor, so :free() stays idempotent;
+     * each method checks its own arguments. */
     lua_rawgeti(L, LUA_REGISTRYINDEX, methods_ref);
     lua_pushvalue(L, 2);
     if (lua_rawget(L, -2) != LUA_TNIL) return 1;
+  }
+  mm_tensor *t = mm_lua_check(L, 1);
+  if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
     if (!strcmp(k, "grad")) {
       if (!t->grad) return 0;
@@ -908,7 +954,8 @@ static const luaL_Reg functions[] = {
   {"randperm", l_randperm}, {"zeros_like", l_zeros_like}, {"ones_like", l_ones_like},
   {"randn_like", l_randn_like}, {"rand_like", l_rand_like}, {"full_like", l_full_like},
   {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye},
-  {"manual_seed", l_manual_seed}, {"set_num_threads", l_set_num_threads},
+  {"manual_seed", l_manual_seed}, {"get_rng_state", l_get_rng_state},
+  {"set_rng_state", l_set_rng_state}, {"set_num_threads", l_set_num_threads},
   {"get_num_threads", l_get_num_threads}, {"memory_stats", l_memory_stats},
   {"empty_cache", l_empty_cache}, {"set_memory_limit", l_set_memory_limit},
   {"is_tensor", l_is_tensor}, {"where", l_where},
