@@ -55,5 +55,6 @@ void mm_lua_open_linalg(lua_State *L, int module_idx, int methods_idx);
 void mm_lua_open_combine(lua_State *L, int module_idx, int methods_idx);
 void mm_lua_open_io(lua_State *L, int module_idx, int methods_idx);
 void mm_lua_open_optim(lua_State *L, int module_idx, int methods_idx);
+void mm_lua_open_viz(lua_State *L, int module_idx, int methods_idx);
 
 #endif

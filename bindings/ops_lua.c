@@ -8,4 +8,5 @@ void mm_lua_open_ops(lua_State *L, int module, int methods) {
   mm_lua_open_combine(L, module, methods);
   mm_lua_open_io(L, module, methods);
   mm_lua_open_optim(L, module, methods);
+  mm_lua_open_viz(L, module, methods);
 }

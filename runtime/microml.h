@@ -205,3 +205,4 @@ char *mm_tensor_format(const mm_tensor *t);
 #include "combine.h"  /* cat, stack, split, pad, index_select, gather, embedding, clamp */
 #include "io.h"       /* IDX, .npy, CSV readers; safetensors save/load */
 #include "optim.h"    /* fused optimizer updates */
+#include "viz.h"      /* autograd graph export as DOT */
