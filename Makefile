@@ -119,7 +119,8 @@ ctest: $(CTESTS)
 
 spec: all
 	$(LUAENV) $(BUSTED) --output=utfTerminal spec
-	$(LUAENV) MICROML_KERNEL=portable $(BUSTED) --output=utfTerminal spec/gemm_spec.lua
+	@# the portable (non-AVX2) GEMM path must be correct too
+	$(LUAENV) MICROML_KERNEL=portable $(BUSTED) --output=utfTerminal spec/linalg_spec.lua spec/conv_spec.lua
 
 test: deps-core
 	@$(MAKE) --no-print-directory all $(CTESTS)

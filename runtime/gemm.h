@@ -53,21 +53,21 @@ void mm_gemm_release_buffers(void);
  * mc, kc, nc are the driver's cache blocking for this kernel (mc a multiple
  * of mr, nc of nr). */
 typedef struct mm_sgemm_kernel {
-    const char *name;
-    int mr, nr;
-    int mc, kc, nc;
-    void (*packed)(int64_t k, const float *a, const float *b,
-                   float *c, int64_t rs_c, float alpha, float beta);
-    void (*strided)(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
-                    const float *b, float *c, int64_t rs_c, float alpha, float beta);
-    /* Packers for this kernel's mr / nr, producing exactly the layouts of
-       the generic ones in gemm.c (NULL: use those).  pack_a: rows [0,mc) x
-       cols [0,kc) of A into mr-tall panels; pack_b: rows [0,kc) x cols [0,nc)
-       of B into nr-wide panels; both zero-padded. */
-    void (*pack_a)(int64_t mc, int64_t kc, const float *A, int64_t rs_a, int64_t cs_a,
-                   float *dst);
-    void (*pack_b)(int64_t kc, int64_t nc, const float *B, int64_t rs_b, int64_t cs_b,
-                   float *dst);
+  const char *name;
+  int mr, nr;
+  int mc, kc, nc;
+  void (*packed)(int64_t k, const float *a, const float *b,
+                 float *c, int64_t rs_c, float alpha, float beta);
+  void (*strided)(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
+                  const float *b, float *c, int64_t rs_c, float alpha, float beta);
+  /* Packers for this kernel's mr / nr, producing exactly the layouts of
+     the generic ones in gemm.c (NULL: use those).  pack_a: rows [0,mc) x
+     cols [0,kc) of A into mr-tall panels; pack_b: rows [0,kc) x cols [0,nc)
+     of B into nr-wide panels; both zero-padded. */
+  void (*pack_a)(int64_t mc, int64_t kc, const float *A, int64_t rs_a, int64_t cs_a,
+                 float *dst);
+  void (*pack_b)(int64_t kc, int64_t nc, const float *B, int64_t rs_b, int64_t cs_b,
+                 float *dst);
 } mm_sgemm_kernel;
 
 /* Limits every kernel respects: the driver keeps an mr x nr tile and, when
@@ -77,5 +77,13 @@ typedef struct mm_sgemm_kernel {
 #define MM_SGEMM_MAX_KC 512
 
 extern const mm_sgemm_kernel mm_sgemm_kernel_avx2;     /* gemm_avx2.c */
+
+/* The kernel mm_sgemm uses now (it follows mm_set_kernel); for tests and
+   the benchmark. */
+const mm_sgemm_kernel *mm_sgemm_current_kernel(void);
+
+/* Tuning and test hook: 0 (default) picks the path by shape, 1 forces the
+   small path, 2 the packed path.  Not for production use. */
+extern int mm_sgemm_force_path;
 
 #endif

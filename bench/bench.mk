@@ -1,0 +1,33 @@
+# Benchmarks.  Run by `make bench` as `make -f bench/bench.mk BUILD=build run`
+# after the main Makefile has built $(BUILD)/libmicroml.a.  Each benchmark
+# gets a run-NAME target; `run` depends on all of them.
+
+BUILD   ?= build
+CC      ?= cc
+CFLAGS  := -O2 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -pthread -Iruntime
+LDLIBS  := -lz -lm -pthread
+
+# OpenBLAS is the peer when it is installed (libopenblas-dev); otherwise the
+# benchmark prints "OpenBLAS not installed" in its columns.
+CBLAS_H := /usr/include/x86_64-linux-gnu/cblas.h
+HAVE_OPENBLAS := $(shell [ -f $(CBLAS_H) ] && echo 'int main(void){return 0;}' | \
+                   $(CC) -x c - -lopenblas -o /dev/null 2>/dev/null && echo 1)
+ifeq ($(HAVE_OPENBLAS),1)
+BLAS_CFLAGS := -DHAVE_OPENBLAS -I$(dir $(CBLAS_H))
+BLAS_LIBS   := -lopenblas
+endif
+
+.PHONY: run run-gemm
+run: run-gemm
+
+$(BUILD)/bench:
+	mkdir -p $@
+
+$(BUILD)/bench/gemm_bench: bench/gemm_bench.c $(BUILD)/libmicroml.a runtime/gemm.h | $(BUILD)/bench
+	$(CC) $(CFLAGS) $(BLAS_CFLAGS) -o $@ $< $(BUILD)/libmicroml.a $(BLAS_LIBS) $(LDLIBS)
+
+# OpenBLAS worker threads spin for ~0.1 s after each call by default, which
+# would steal the second core from whatever is timed next; 2^20 cycles keeps
+# them warm between back-to-back calls and out of the way otherwise.
+run-gemm: $(BUILD)/bench/gemm_bench
+	OPENBLAS_THREAD_TIMEOUT=20 $(BUILD)/bench/gemm_bench
