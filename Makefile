@@ -95,7 +95,7 @@ $(BUILD)/embedded_lua.c: $(LUA_SRC) $(BUILD)/tools/embed
 $(BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(PROGRAM): bindings/main.c $(BUILD)/embedded_lua.o $(BIND_OBJ) $(LIB)
+$(PROGRAM): bindings/main.c bindings/*.h runtime/*.h $(BUILD)/embedded_lua.o $(BIND_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $(LUA_INC) $(LDFLAGS) -o $@ bindings/main.c $(BUILD)/embedded_lua.o \
 	  $(BIND_OBJ) $(LIB) $(LUA_LIB) -ledit $(LDLIBS) -ldl
 

@@ -335,6 +335,7 @@ static const char *get_prompt(lua_State *L, int first) {
 }
 
 enum { LINE_OK, LINE_EOF, LINE_INTERRUPTED };
+enum { CHUNK_END = -1, CHUNK_INTERRUPTED = -2 };  /* besides Lua statuses */
 
 /* Read one line and push it without its newline. */
 static int read_line(lua_State *L, int first) {
@@ -358,6 +359,7 @@ static int read_line(lua_State *L, int first) {
     static size_t cap;
     fputs(prompt, stdout);
     fflush(stdout);
+    errno = 0;
     ssize_t n = getline(&buf, &cap, stdin);
     if (n < 0) {
       result = (prompt_interrupted || errno == EINTR) ? LINE_INTERRUPTED : LINE_EOF;
@@ -386,39 +388,43 @@ static int incomplete(lua_State *L, int status) {
   return len >= sizeof mark - 1 && strcmp(msg + len - (sizeof mark - 1), mark) == 0;
 }
 
+/* Compile the REPL input as an expression (`return <code>`) or as it is.
+ * Pushes the function or the error message. */
+static int load_input(lua_State *L, const char *code, size_t len, int as_expression) {
+  if (!as_expression) return luaL_loadbuffer(L, code, len, "=stdin");
+  const char *ret = lua_pushfstring(L, "return %s", code);
+  int status = luaL_loadbuffer(L, ret, strlen(ret), "=stdin");
+  lua_remove(L, -2);
+  return status;
+}
+
 /* Read lines until they form a chunk, and leave it compiled on the stack
- * (or its error message).  Each attempt tries `return <code>` first, so an
- * expression prints its value; input is incomplete if either form of it
- * could still be finished, so `1 +` continues as well as `function f()`.
- * Returns a Lua status, or -1 on end of input, or -2 after Ctrl-C. */
+ * (or its error message).  Each attempt tries the expression form first, so
+ * an expression prints its value; input is incomplete if either form could
+ * still be finished, so `1 +` continues as well as `function f()`.
+ * Returns a Lua status, CHUNK_END at end of input, or CHUNK_INTERRUPTED. */
 static int read_chunk(lua_State *L) {
-  enum { END = -1, INTERRUPTED = -2 };
   lua_settop(L, 0);
   int r = read_line(L, 1);
-  if (r != LINE_OK) return r == LINE_EOF ? END : INTERRUPTED;
-  for (;;) {
+  if (r != LINE_OK) return r == LINE_EOF ? CHUNK_END : CHUNK_INTERRUPTED;
+  for (;;) {  /* stack: the input so far */
     size_t len;
     const char *code = lua_tolstring(L, 1, &len);
-    const char *ret = lua_pushfstring(L, "return %s", code);
-    int status = luaL_loadbuffer(L, ret, strlen(ret), "=stdin");
-    if (status == LUA_OK) {
-      lua_remove(L, -2);
-      break;
-    }
-    int more = incomplete(L, status);
-    lua_pop(L, 2);
-    status = luaL_loadbuffer(L, code, len, "=stdin");
+    int status = load_input(L, code, len, 1);
     if (status == LUA_OK) break;
-    more = more || incomplete(L, status);
-    if (!more) {
+    int expression_unfinished = incomplete(L, status);
+    lua_pop(L, 1);
+    status = load_input(L, code, len, 0);
+    if (status == LUA_OK) break;
+    if (!expression_unfinished && !incomplete(L, status)) {
       lua_remove(L, 1);
       return status;  /* a real syntax error: the message is on the stack */
     }
     lua_pop(L, 1);
     r = read_line(L, 0);
-    if (r == LINE_INTERRUPTED) return INTERRUPTED;  /* drop the whole chunk */
-    if (r == LINE_EOF) {  /* input ended mid-chunk: report why it is incomplete */
-      status = luaL_loadbuffer(L, code, len, "=stdin");
+    if (r == LINE_INTERRUPTED) return CHUNK_INTERRUPTED;  /* drop the whole chunk */
+    if (r == LINE_EOF) {  /* input ended mid-chunk: say what was unfinished */
+      status = load_input(L, code, len, expression_unfinished);
       lua_remove(L, 1);
       return status;
     }
@@ -455,15 +461,49 @@ static int print_values(lua_State *L) {
 
 static lua_State *complete_L;
 
+#ifdef MM_TENSOR_MT
+/* Push microml.core.Tensor, the public table of tensor methods, or nil. */
+static void push_tensor_methods(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "microml.core");
+  if (lua_istable(L, -1)) lua_getfield(L, -1, "Tensor");
+  else lua_pushnil(L);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+}
+#endif
+
+/* Push the table whose keys are listed after those of the value on top of
+ * the stack: its metatable's __index if that is a table, the methods table
+ * for a tensor (whose __index is a function), or nil. */
+static void push_next_level(lua_State *L) {
+  if (!lua_getmetatable(L, -1)) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_getfield(L, -1, "__index");  /* value mt index */
+#ifdef MM_TENSOR_MT
+  if (lua_type(L, -1) == LUA_TFUNCTION) {
+    lua_getfield(L, -2, "__name");
+    int is_tensor = lua_type(L, -1) == LUA_TSTRING &&
+                    strcmp(lua_tostring(L, -1), MM_TENSOR_MT) == 0;
+    lua_pop(L, 2);  /* value mt */
+    if (is_tensor) push_tensor_methods(L);
+    else lua_pushnil(L);
+  }
+#endif
+  lua_remove(L, -2);  /* the metatable */
+}
+
 /* Protected part of completion.  Argument: the word being completed, such
  * as "mm.ze" or "t:sh".  Returns a table of full candidates ("mm.zeros"):
- * the keys of the table named by the part before the last '.' or ':'
- * (through __index tables too, which is where methods live). */
+ * the string keys of the value named by the part before the last '.' or
+ * ':', and of its __index tables (where methods live). */
 static int collect_completions(lua_State *L) {
   const char *word = luaL_checkstring(L, 1);
-  const char *sep = strpbrk(word, ".:");
-  const char *last = NULL;
-  for (const char *p = sep; p != NULL; p = strpbrk(p + 1, ".:")) last = p;
+  const char *last = NULL;  /* the last '.' or ':' */
+  for (const char *p = strpbrk(word, ".:"); p != NULL; p = strpbrk(p + 1, ".:"))
+    last = p;
   const char *stem = last != NULL ? last + 1 : word;
   size_t stemlen = strlen(stem);
 
@@ -471,35 +511,39 @@ static int collect_completions(lua_State *L) {
   for (const char *p = word; last != NULL && p <= last;) {
     size_t n = strcspn(p, ".:");
     lua_pushlstring(L, p, n);
-    lua_gettable(L, -2);  /* may call __index: we are protected */
+    lua_gettable(L, -2);  /* may call __index or raise: we are protected */
     lua_remove(L, -2);
     p += n + 1;
   }
-  int target = lua_gettop(L);
   lua_newtable(L);  /* results */
-  int results = target + 1, count = 0;
-  /* Candidates from the value itself, then from its __index chain. */
-  lua_pushvalue(L, target);
-  for (int depth = 0; depth < 8; depth++) {
+  lua_newtable(L);  /* keys seen, so a method shadowed by a field is listed once */
+  int results = lua_gettop(L) - 1, seen = results + 1, count = 0;
+  lua_pushvalue(L, results - 1);
+  for (int depth = 0; depth < 8 && !lua_isnil(L, -1); depth++) {
     if (lua_type(L, -1) == LUA_TTABLE) {
       lua_pushnil(L);
       while (lua_next(L, -2)) {
         lua_pop(L, 1);
-        if (lua_type(L, -1) == LUA_TSTRING) {
-          size_t klen;
-          const char *key = lua_tolstring(L, -1, &klen);
-          if (klen >= stemlen && strncmp(key, stem, stemlen) == 0) {
-            lua_pushlstring(L, word, (size_t)(stem - word));
-            lua_pushvalue(L, -2);
-            lua_concat(L, 2);
-            lua_rawseti(L, results, ++count);
-          }
+        if (lua_type(L, -1) != LUA_TSTRING) continue;
+        size_t klen;
+        const char *key = lua_tolstring(L, -1, &klen);
+        if (klen < stemlen || strncmp(key, stem, stemlen) != 0) continue;
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, seen) != LUA_TNIL) {
+          lua_pop(L, 1);
+          continue;
         }
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, seen);
+        lua_pushlstring(L, word, (size_t)(stem - word));
+        lua_pushvalue(L, -2);
+        lua_concat(L, 2);
+        lua_rawseti(L, results, ++count);
       }
     }
-    if (!lua_getmetatable(L, -1)) break;
-    lua_getfield(L, -1, "__index");
-    lua_remove(L, -2);  /* the metatable */
+    push_next_level(L);
     lua_remove(L, -2);  /* the previous level */
   }
   lua_settop(L, results);
@@ -559,19 +603,21 @@ static void setup_editline(lua_State *L) {
 
 static void repl(lua_State *L) {
   use_editline = isatty(STDIN_FILENO);
-  fputs(VERSION_LINE "  (Ctrl-D to exit)\n"
-        "mm = require \"microml\" is loaded: try mm.ones(2, 3)\n", stdout);
-  fflush(stdout);
+  fputs(VERSION_LINE "  (Ctrl-D to exit)\n", stdout);
   if (lua_getglobal(L, "mm") == LUA_TNIL) {  /* keep an mm set by the script */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "microml");
-    if (report(L, docall(L, 1, 1)) == LUA_OK) lua_setglobal(L, "mm");
+    if (report(L, docall(L, 1, 1)) == LUA_OK) {
+      lua_setglobal(L, "mm");
+      fputs("mm = require \"microml\" is loaded: try mm.ones(2, 3)\n", stdout);
+    }
   }
+  fflush(stdout);
   lua_settop(L, 0);
   if (use_editline) setup_editline(L);
   int status;
-  while ((status = read_chunk(L)) != -1) {
-    if (status == -2) continue;  /* Ctrl-C at the prompt: fresh line */
+  while ((status = read_chunk(L)) != CHUNK_END) {
+    if (status == CHUNK_INTERRUPTED) continue;  /* Ctrl-C at the prompt: fresh line */
     if (status == LUA_OK) status = docall(L, 0, LUA_MULTRET);
     if (status == LUA_OK && lua_gettop(L) > 0) {
       lua_pushcfunction(L, print_values);

@@ -1,0 +1,360 @@
+-- The `microml` program: scripts and `arg`, exit codes, tracebacks, options,
+-- the REPL (driven through `-i` with piped input) and Ctrl-C.
+--
+-- Run by `make spec`, which sets MICROML to the built program and
+-- LUA_PATH/LUA_CPATH so the stock lua5.4 finds the module in the tree.
+-- Every command runs under `timeout`, so a broken program fails the test
+-- instead of hanging it.
+
+local MICROML = assert(os.getenv("MICROML"),
+  "set MICROML to the path of build/microml (make spec does)")
+
+local function quote(s)
+  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
+end
+
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_temp(content)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(content)
+  f:close()
+  return path
+end
+
+-- Run a shell command line with stdin from a string (or /dev/null);
+-- returns stdout, stderr and the exit code.
+local function sh(cmdline, stdin)
+  local inp = write_temp(stdin or "")
+  local out, err = os.tmpname(), os.tmpname()
+  local _, how, code = os.execute(("%s < %s > %s 2> %s"):format(
+    cmdline, quote(inp), quote(out), quote(err)))
+  local o, e = read_file(out), read_file(err)
+  os.remove(inp); os.remove(out); os.remove(err)
+  if how == "signal" then code = 128 + code end
+  return o, e, code
+end
+
+-- Run microml with a string of (already quoted) arguments.
+local function microml(args, stdin)
+  return sh("timeout 20 " .. quote(MICROML) .. " " .. (args or ""), stdin)
+end
+
+local function lines(s)
+  local t = {}
+  for line in (s .. "\n"):gmatch("(.-)\n") do t[#t + 1] = line end
+  return t
+end
+
+-- What the REPL printed, one entry per line, with the prompts ("> ", ">> ")
+-- that precede each value removed: piped input is not echoed, so a value
+-- follows the prompts on the same line.
+local function repl_values(out)
+  local values = {}
+  for _, line in ipairs(lines(out)) do
+    local n
+    repeat line, n = line:gsub("^>>? ", "") until n == 0
+    values[#values + 1] = line
+  end
+  return values
+end
+
+local function contains(list, value)
+  for _, v in ipairs(list) do
+    if v == value then return true end
+  end
+  return false
+end
+
+describe("microml script", function()
+  local script
+
+  before_each(function()
+    script = write_temp([[
+print("n", #arg, select("#", ...))
+for i = -4, #arg do print(i, arg[i]) end
+print("dots", ...)
+]])
+  end)
+  after_each(function() os.remove(script) end)
+
+  it("sets arg as lua does and passes the arguments as ...", function()
+    local out, err, code = microml("-e 'x = 1' " .. quote(script) .. " a 'b c'")
+    assert.are.equal("", err)
+    assert.are.equal(0, code)
+    local l = lines(out)
+    assert.are.equal("n\t2\t2", l[1])
+    assert.are.equal("-4\tnil", l[2])
+    assert.are.equal("-3\t" .. MICROML, l[3])
+    assert.are.equal("-2\t-e", l[4])
+    assert.are.equal("-1\tx = 1", l[5])
+    assert.are.equal("0\t" .. script, l[6])
+    assert.are.equal("1\ta", l[7])
+    assert.are.equal("2\tb c", l[8])
+    assert.are.equal("dots\ta\tb c", l[9])
+  end)
+
+  it("builds the same arg table as the stock lua5.4", function()
+    local args = " -e 'y = 2' -- " .. quote(script) .. " 1 '' three"
+    local ours = microml(args)
+    local theirs = sh("lua5.4" .. args)
+    -- arg[-n] is the interpreter itself: the only line allowed to differ.
+    assert.are.equal(theirs:gsub("\n%-4\t[^\n]*", ""), (ours:gsub("\n%-4\t[^\n]*", "")))
+    assert.matches("\n%-4\t" .. MICROML:gsub("%p", "%%%0") .. "\n", ours)
+  end)
+
+  it("runs a script read from stdin with '-'", function()
+    local out, _, code = microml("- x y", 'print("stdin", ...)')
+    assert.are.equal(0, code)
+    assert.are.equal("stdin\tx\ty\n", out)
+  end)
+
+  it("runs stdin as a script when there is no script and stdin is not a terminal", function()
+    local out, _, code = microml("", 'print("from stdin", 6 * 7)')
+    assert.are.equal(0, code)
+    assert.are.equal("from stdin\t42\n", out)
+  end)
+end)
+
+describe("microml exit status", function()
+  it("is 0 on success", function()
+    local _, err, code = microml("-e 'local x = 1'")
+    assert.are.equal("", err)
+    assert.are.equal(0, code)
+  end)
+
+  it("is 1 on an error, with the message prefixed by microml:", function()
+    local _, err, code = microml([[-e 'error("boom")']])
+    assert.are.equal(1, code)
+    assert.matches("^microml: %(command line%):1: boom\n", err)
+  end)
+
+  it("keeps os.exit codes", function()
+    local _, _, code = microml("-e 'os.exit(3)'")
+    assert.are.equal(3, code)
+    _, _, code = microml("-e 'os.exit(false)'")
+    assert.are.equal(1, code)
+    _, _, code = microml("-e 'os.exit(true, true)'")
+    assert.are.equal(0, code)
+  end)
+
+  it("is 1 when the script does not exist", function()
+    local _, err, code = microml("/nonexistent/script.lua")
+    assert.are.equal(1, code)
+    assert.matches("cannot open /nonexistent/script.lua", err, 1, true)
+  end)
+
+  it("prints a traceback naming the script and the line of a failure", function()
+    local script = write_temp("local function inner()\n  local t = nil\n  return t.field\nend\ninner()\n")
+    local _, err, code = microml(quote(script))
+    os.remove(script)
+    assert.are.equal(1, code)
+    assert.matches("microml: " .. script .. ":3: attempt to index", err, 1, true)
+    assert.matches("stack traceback:", err, 1, true)
+    assert.matches(script .. ":5: in main chunk", err, 1, true)
+  end)
+end)
+
+describe("microml options", function()
+  it("-e runs each chunk in order", function()
+    local out, _, code = microml("-e 'x = 20' -e 'x = x + 1' -e 'print(x * 2)'")
+    assert.are.equal(0, code)
+    assert.are.equal("42\n", out)
+  end)
+
+  it("-v prints the version line", function()
+    local out, err, code = microml("-v")
+    assert.are.equal(0, code)
+    assert.are.equal("", err)
+    assert.matches("^MicroML %d+%.%d+%.%d+ %(Lua 5%.4%.%d+%)\n$", out)
+  end)
+
+  it("-l g=mod and -l mod set globals from require", function()
+    local out, _, code = microml("-l str=string -l table -e 'print(str.rep(\"ab\", 2), table.concat({1, 2}))'")
+    assert.are.equal(0, code)
+    assert.are.equal("abab\t12\n", out)
+  end)
+
+  it("-E ignores LUA_PATH", function()
+    local out = sh("LUA_PATH='/nowhere/?.lua' timeout 20 " .. quote(MICROML) ..
+                   " -E -e 'print(package.path)'")
+    assert.is_nil(out:find("/nowhere/", 1, true))
+    out = sh("LUA_PATH='/nowhere/?.lua' timeout 20 " .. quote(MICROML) ..
+             " -e 'print(package.path)'")
+    assert.truthy(out:find("/nowhere/", 1, true))
+  end)
+
+  it("prints usage to stderr and exits 1 on an unknown option", function()
+    local out, err, code = microml("-x")
+    assert.are.equal(1, code)
+    assert.are.equal("", out)
+    assert.matches("'-x'", err, 1, true)
+    assert.matches("usage: microml", err, 1, true)
+  end)
+
+  it("prints usage for -h and for -e without its argument", function()
+    local _, err, code = microml("-h")
+    assert.are.equal(1, code)
+    assert.matches("usage: microml", err, 1, true)
+    _, err, code = microml("-e")
+    assert.are.equal(1, code)
+    assert.matches("usage: microml", err, 1, true)
+  end)
+
+  it("-- ends the options", function()
+    local out, _, code = microml("-e 'print(1)' -- -", 'print("script from stdin", ...)')
+    -- after --, "-" is a file name, not stdin
+    assert.are.equal(1, code)
+    assert.are.equal("1\n", out)
+  end)
+end)
+
+describe("microml library", function()
+  it("is embedded: require works from any directory without LUA_PATH", function()
+    local out, err, code = sh("cd / && env -u LUA_PATH -u LUA_CPATH timeout 20 " ..
+      quote(MICROML) .. [[ -e 'print(type(require("microml").tensor))']])
+    assert.are.equal("", err)
+    assert.are.equal(0, code)
+    assert.are.equal("function\n", out)
+  end)
+
+  it("can be required from the stock lua5.4", function()
+    local out, err, code = sh([[timeout 20 lua5.4 -e 'local mm = require "microml"; print(type(mm), type(mm.tensor))']])
+    assert.are.equal("", err)
+    assert.are.equal(0, code)
+    assert.are.equal("table\tfunction\n", out)
+  end)
+end)
+
+describe("microml REPL", function()
+  it("prints a banner with the version and mentions mm", function()
+    local out, _, code = microml("-i", "")
+    assert.are.equal(0, code)
+    assert.matches("^MicroML %d+%.%d+%.%d+ %(Lua 5%.4%.%d+%)", out)
+    assert.matches("mm = require \"microml\"", out, 1, true)
+  end)
+
+  it("prints the value of an expression without =", function()
+    local out, err, code = microml("-i", "1+1\n")
+    assert.are.equal("", err)
+    assert.are.equal(0, code)
+    assert.truthy(contains(repl_values(out), "2"), out)
+  end)
+
+  it("separates multiple results with tabs and prints nil", function()
+    local out = microml("-i", "1, 'a', nil\n")
+    assert.truthy(contains(repl_values(out), "1\ta\tnil"), out)
+  end)
+
+  it("prints nothing for a statement", function()
+    local out, err = microml("-i", "x = 5\n")
+    assert.are.equal("", err)
+    -- the statement's prompt, then straight away the next prompt, then the
+    -- newline printed at end of input
+    assert.matches("\n> > \n$", out)
+  end)
+
+  it("continues a multi-line function definition and calls it", function()
+    local out, err = microml("-i", "function twice(x)\n  return 2 * x\nend\ntwice(21)\n")
+    assert.are.equal("", err)
+    assert.truthy(contains(repl_values(out), "42"), out)
+    assert.matches(">> ", out, 1, true)
+  end)
+
+  it("continues an unfinished expression on the next line", function()
+    local out, err = microml("-i", "100 +\n23\n")
+    assert.are.equal("", err)
+    assert.truthy(contains(repl_values(out), "123"), out)
+  end)
+
+  it("reports an error and goes on evaluating", function()
+    local out, err, code = microml("-i", "error('first fails')\n6 * 7\n")
+    assert.are.equal(0, code)
+    assert.matches("microml: stdin:1: first fails", err, 1, true)
+    assert.truthy(contains(repl_values(out), "42"), out)
+  end)
+
+  it("reports a syntax error and goes on evaluating", function()
+    local out, err = microml("-i", "x = = 1\n'still here'\n")
+    assert.matches("unexpected symbol", err, 1, true)
+    assert.truthy(contains(repl_values(out), "still here"), out)
+  end)
+
+  it("keeps local-free globals across lines", function()
+    local out = microml("-i", "y = 40\ny + 2\n")
+    assert.truthy(contains(repl_values(out), "42"), out)
+  end)
+
+  it("defines mm and pretty-prints a tensor through __tostring", function()
+    local out, err = microml("-i", "mm.ones(2, 2)\n")
+    assert.are.equal("", err)
+    assert.matches("float32", out, 1, true)
+    assert.is_nil(out:find("userdata:", 1, true))
+  end)
+
+  it("runs -e before the REPL", function()
+    local out = microml("-e 'z = 41' -i", "z + 1\n")
+    assert.truthy(contains(repl_values(out), "42"), out)
+  end)
+
+  it("exits 0 at end of input, even in the middle of a chunk", function()
+    local _, err, code = microml("-i", "function unfinished(\n")
+    assert.are.equal(0, code)
+    assert.matches("<eof>", err, 1, true)
+  end)
+end)
+
+-- Start microml with args in the background, its stdin a FIFO that first
+-- receives a busy loop (used by -i); wait until the Lua code has written
+-- "ready" to stderr; send SIGINT to microml itself; run the shell commands
+-- `after` (which may write more input to fd 3); close stdin and wait.
+-- The whole script runs under `timeout`, which stops its process group,
+-- microml included, if microml ignores the interrupt.  (SIGINT goes straight
+-- to microml: `timeout` around microml would forward it once directly and
+-- once to its group, and a second SIGINT rightly kills the program.)
+-- Returns microml's exit status (124: timeout had to stop it), stdout, stderr.
+local function interrupt(args, after)
+  local err, out, fifo = os.tmpname(), os.tmpname(), os.tmpname()
+  os.remove(fifo)
+  local script = write_temp(([[
+M=%s; ERR=%s; OUT=%s; FIFO=%s
+mkfifo "$FIFO" || exit 99
+"$M" %s < "$FIFO" > "$OUT" 2> "$ERR" & pid=$!
+exec 3> "$FIFO"
+printf '%%s\n' 'io.stderr:write("ready\n") while true do end' >&3
+n=0
+until grep -q ready "$ERR" || [ $n -ge 100 ]; do sleep 0.1; n=$((n + 1)); done
+kill -INT $pid
+%s
+exec 3>&-
+wait $pid
+echo $?
+rm -f "$FIFO"
+]]):format(quote(MICROML), quote(err), quote(out), quote(fifo), args, after or ""))
+  local status = sh("timeout 15 sh " .. quote(script))
+  local o, e = read_file(out), read_file(err)
+  os.remove(script); os.remove(err); os.remove(out); os.remove(fifo)
+  return tonumber(status) or 124, o, e
+end
+
+describe("microml Ctrl-C", function()
+  it("interrupts a running script with the error 'interrupted'", function()
+    local status, _, err = interrupt([[-e 'io.stderr:write("ready\n") while true do end']])
+    assert.are.equal(1, status)  -- 124 would mean timeout had to kill it
+    assert.matches("microml: interrupted", err, 1, true)
+    assert.matches("stack traceback:", err, 1, true)
+  end)
+
+  it("interrupts a chunk in the REPL, which then goes on", function()
+    local status, out, err = interrupt("-i", "printf '6 * 7\\n' >&3")
+    assert.are.equal(0, status)
+    assert.matches("microml: interrupted", err, 1, true)
+    assert.truthy(contains(repl_values(out), "42"), out)
+  end)
+end)
