@@ -65,9 +65,11 @@ static int l_no_grad(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* mm._autograd_stats(on) -> previous setting; with no argument, just reads it. */
 static int l_autograd_stats(lua_State *L) {
-  mm_autograd_set_stats(lua_toboolean(L, 1));
-  return 0;
+  lua_pushboolean(L, mm_autograd_stats_enabled());
+  if (!lua_isnone(L, 1)) mm_autograd_set_stats(lua_toboolean(L, 1));
+  return 1;
 }
 
 void mm_lua_open_autograd(lua_State *L, int module, int methods) {

@@ -21,6 +21,7 @@ static uint64_t visit_gen = 0;
 bool mm_grad_enabled(void) { return grad_enabled; }
 void mm_set_grad_enabled(bool on) { grad_enabled = on; }
 void mm_autograd_set_stats(bool on) { stats_enabled = on; }
+bool mm_autograd_stats_enabled(void) { return stats_enabled; }
 
 bool mm_needs_grad(int n, mm_tensor *const *inputs) {
   if (!grad_enabled) return false;

@@ -88,5 +88,6 @@ mm_tensor *mm_detach(mm_tensor *t);
 mm_tensor *mm_sum_to(mm_tensor *g, int ndim, const int64_t *shape);
 /* Statistics of gradients flowing through each node (off by default). */
 void mm_autograd_set_stats(bool on);
+bool mm_autograd_stats_enabled(void);
 
 #endif

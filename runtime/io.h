@@ -1,5 +1,131 @@
-/* io.h — (placeholder; its owner fills it in). Included by microml.h. */
+/* io.h — tensors in and out of files: IDX (the MNIST format), NumPy .npy,
+ * CSV of numbers, and safetensors checkpoints.  Included by microml.h.
+ *
+ * Every format has an in-memory parser (bytes + length -> new tensor, or
+ * NULL with mm_error() set) that never reads past `len` and never trusts a
+ * size it has not checked against the bytes present; the fuzz harnesses in
+ * fuzz/ call these directly.  The file functions map or read the file and
+ * call the parser, so the two cannot drift apart.  `name` only labels error
+ * messages (a path, or something like "<memory>").
+ *
+ * Writers never leave a torn file where a good one was: they write
+ * `path.tmp.<pid>`, fsync it, and rename(2) it over `path`.
+ *
+ * Strictness, chosen once for all readers: data shorter than its header
+ * declares is an error, and so are bytes after the declared data (a file
+ * longer than its header says usually has a wrong header, and silently
+ * ignoring the rest would hide that). */
 #ifndef MICROML_IO_H
 #define MICROML_IO_H
+
 #include "microml.h"
+
+/* ---- IDX -----------------------------------------------------------------
+ * Magic 0x00 0x00 <type> <ndim>, ndim big-endian uint32 sizes, then the
+ * data big-endian.  Types: 0x08 ubyte, 0x09 sbyte, 0x0B int16, 0x0C int32,
+ * 0x0D float32, 0x0E float64.  gzip-compressed input (magic 1f 8b) is
+ * inflated transparently.  Values are converted to `dt` unscaled (ubyte
+ * pixels stay 0..255); float data cannot be read as int64. */
+mm_tensor *mm_idx_parse(const void *buf, size_t len, mm_dtype dt, const char *name);
+mm_tensor *mm_read_idx(const char *path, mm_dtype dt);
+
+/* ---- NumPy .npy ----------------------------------------------------------
+ * Versions 1.0, 2.0 and 3.0.  Dtypes read: f4 -> float32, f8 -> float64,
+ * i8 and i4 -> int64, u1 -> float32 (images, like IDX), in either byte
+ * order ('<', '>', '=', '|').  C order only: fortran_order True is refused
+ * for 2 or more dimensions (for 0 or 1 the layouts are identical).
+ * Writing produces version 1.0 with '<f4', '<f8' or '<i8'. */
+mm_tensor *mm_npy_parse(const void *buf, size_t len, const char *name);
+mm_tensor *mm_load_npy(const char *path);
+int mm_save_npy(const char *path, mm_tensor *t);
+
+/* ---- CSV of numbers --------------------------------------------------------
+ * One row per line (\n or \r\n; blank lines skipped), fields separated by
+ * `delimiter`, optional surrounding spaces and double quotes, numbers as
+ * strtod reads them (nan and inf included).  Result: float32 [rows, cols].
+ * Ragged rows, empty fields and non-numbers are errors naming the line and
+ * column (both 1-based). */
+typedef struct mm_csv_options {
+  char delimiter;   /* ',' by default */
+  bool header;      /* skip the first non-blank line */
+} mm_csv_options;
+mm_tensor *mm_csv_parse(const char *buf, size_t len, const mm_csv_options *opt, const char *name);
+mm_tensor *mm_read_csv(const char *path, const mm_csv_options *opt);
+
+/* ---- safetensors -----------------------------------------------------------
+ * 8-byte little-endian header length N, N bytes of JSON
+ *   {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, ...,
+ *    "__metadata__": {"key": "value"}}
+ * then the raw little-endian bytes.  Written: F32, F64, I64, names sorted,
+ * header padded with spaces to a multiple of 8.  Read: also F16 and BF16
+ * (as float32) and I32, I16, I8, U8, BOOL (as int64), since other tools
+ * write them.  Loading checks that the header fits the file, the JSON is
+ * well-formed UTF-8 (a strict parser for the subset, no external library),
+ * every size and offset is consistent, and the tensors tile the data area
+ * exactly: no overlap, no hole, nothing past the end. */
+typedef struct mm_named_tensor {
+  char *name;
+  mm_tensor *tensor;
+} mm_named_tensor;
+
+typedef struct mm_string_pair {
+  char *key;
+  char *value;
+} mm_string_pair;
+
+/* A checkpoint: named tensors plus string metadata.  What mm_safetensors_*
+ * load fills is owned by the checkpoint (free it with mm_checkpoint_free);
+ * what mm_safetensors_save reads is only borrowed. */
+typedef struct mm_checkpoint {
+  size_t ntensors;
+  mm_named_tensor *tensors;    /* sorted by name (bytewise) after a load */
+  size_t nmeta;
+  mm_string_pair *meta;        /* sorted by key after a load */
+} mm_checkpoint;
+
+int mm_safetensors_parse(const void *buf, size_t len, mm_checkpoint *out, const char *name);
+int mm_safetensors_load(const char *path, mm_checkpoint *out);
+/* Names must be distinct, valid UTF-8, without NUL, and not "__metadata__". */
+int mm_safetensors_save(const char *path, const mm_checkpoint *ck);
+void mm_checkpoint_free(mm_checkpoint *ck);   /* safe on a zeroed checkpoint */
+
+/* ---- helpers the io_*.c files share ------------------------------------------ */
+
+/* A whole file in memory: mapped when it is a regular file, read otherwise. */
+typedef struct mm_io_file {
+  const unsigned char *data;
+  size_t len;
+  void *map;       /* munmap target, or NULL */
+  void *heap;      /* free() target, or NULL */
+} mm_io_file;
+int mm_io_open_file(const char *path, mm_io_file *f, const char *where);
+void mm_io_close_file(mm_io_file *f);
+
+/* Crash-safe replacement of a file: write to a temporary sibling, then
+ * commit (fflush + fsync + rename + fsync of the directory) or abort. */
+typedef struct mm_io_writer {
+  void *fp;            /* FILE * */
+  char *tmp_path;
+  char *path;
+  const char *where;
+} mm_io_writer;
+int mm_io_writer_open(mm_io_writer *w, const char *path, const char *where);
+int mm_io_write(mm_io_writer *w, const void *p, size_t n);
+/* The tensor's elements in row-major order, little-endian. */
+int mm_io_write_tensor_le(mm_io_writer *w, mm_tensor *t);
+int mm_io_writer_commit(mm_io_writer *w);
+void mm_io_writer_abort(mm_io_writer *w);
+
+/* Little-endian element copy from raw bytes into a new contiguous tensor's
+ * data, converting each element from the file's type. */
+typedef enum {
+  MM_RAW_U8, MM_RAW_I8, MM_RAW_I16, MM_RAW_I32, MM_RAW_I64,
+  MM_RAW_F16, MM_RAW_BF16, MM_RAW_F32, MM_RAW_F64, MM_RAW_BOOL
+} mm_raw_type;
+size_t mm_raw_size(mm_raw_type rt);
+/* n elements from src (byte order: big_endian or little) into t (contiguous,
+ * n elements, any dtype). */
+void mm_raw_convert(mm_tensor *t, const unsigned char *src, int64_t n, mm_raw_type rt,
+                    bool big_endian);
+
 #endif
