@@ -350,7 +350,12 @@ static int l_randint(lua_State *L) {
   return mm_lua_push(L, mm_randint(lo, hi, nd, shape));
 }
 
-static int l_randperm(lua_State *L) { return mm_lua_push(L, mm_randperm(mm_lua_check_int(L, 1))); }
+/* A random permutation of 1..n: Lua indices are 1-based. */
+static int l_randperm(lua_State *L) {
+  mm_tensor *p = mm_randperm(mm_lua_check_int(L, 1));
+  if (p) mm_binary_scalar_inplace(MM_OP_ADD, p, 1);
+  return mm_lua_push(L, p);
+}
 
 static int like(lua_State *L, int kind) {
   mm_tensor *src = mm_lua_check(L, 1);
@@ -990,7 +995,32 @@ static const luaL_Reg metamethods[] = {
   {"__mul", m_mul}, {"__div", m_div}, {"__pow", m_pow}, {"__unm", m_neg},
   {NULL, NULL}};
 
+/* The worker threads live in this shared object.  When the Lua state
+ * closes, the library may be unloaded while they wait on a condition
+ * variable, so they are joined first by a finaliser set after the one that
+ * unloads the library (Lua runs finalisers in reverse order of marking). */
+static int pool_guard_gc(lua_State *L) {
+  (void)L;
+  mm_parallel_shutdown();
+  return 0;
+}
+
+static void anchor_pool_guard(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "microml.pool_guard") != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_newuserdatauv(L, 1, 0);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, pool_guard_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, "microml.pool_guard");
+}
+
 int luaopen_microml_core(lua_State *L) {
+  anchor_pool_guard(L);
   lua_newtable(L);                         /* module */
   int module = lua_gettop(L);
   lua_newtable(L);                         /* methods */

@@ -6,8 +6,7 @@ local core = require "microml.core"
 
 local M = core
 
-local submodules = { nn = true, optim = true, data = true, viz = true, progress = true,
-                     gradcheck = true, io = true }
+local submodules = { nn = true, optim = true, data = true, viz = true, progress = true }
 
 setmetatable(M, {
   __index = function(t, k)
