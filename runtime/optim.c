@@ -1,0 +1,302 @@
+/* optim.c — the fused optimizer kernels declared in optim.h: SGD (momentum,
+ * dampening, Nesterov, L2 decay), Adam/AdamW (bias correction, decoupled
+ * decay, AMSGrad), and the norm accumulation behind clip_grad_norm.
+ *
+ * Each step is a single loop over the elements that reads the gradient and
+ * the state once and writes the parameter and the state once; the Lua side
+ * calls it once per parameter tensor.  The loop is split into fixed-size
+ * blocks that the thread pool spreads over cores; every element's update is
+ * independent of the others, so the split cannot change the result. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "autograd.h"
+#include "parallel.h"
+
+/* Elements per parallel task: large enough that dispatch costs nothing
+   next to the arithmetic, small enough that a 100k-element layer splits. */
+#define OPTIM_BLOCK 16384
+
+/* ---- argument checks --------------------------------------------------------- */
+
+static bool same_shape(const mm_tensor *a, const mm_tensor *b) {
+  return a->ndim == b->ndim && !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim);
+}
+
+/* t must match the parameter's dtype and shape (and be contiguous when
+   it is a state buffer the kernel writes directly). */
+static int check_like_param(const char *op, const char *what, const mm_tensor *param,
+                            const mm_tensor *t, bool need_contiguous) {
+  char b1[160], b2[160];
+  if (!t) {
+    mm_set_error("%s: expected a %s tensor, got nothing", op, what);
+    return -1;
+  }
+  if (t->dtype != param->dtype) {
+    mm_set_error("%s: expected %s to have the parameter's dtype %s, got %s", op, what,
+                 mm_dtype_name(param->dtype), mm_dtype_name(t->dtype));
+    return -1;
+  }
+  if (!same_shape(t, param)) {
+    mm_set_error("%s: expected %s of the parameter's shape %s, got %s", op, what,
+                 mm_shape_str(param->ndim, param->shape, b1, sizeof b1),
+                 mm_shape_str(t->ndim, t->shape, b2, sizeof b2));
+    return -1;
+  }
+  if (need_contiguous && !mm_is_contiguous(t)) {
+    mm_set_error("%s: expected a contiguous %s buffer (allocate it with zeros_like), got "
+                 "shape %s with non-contiguous strides", op, what,
+                 mm_shape_str(t->ndim, t->shape, b1, sizeof b1));
+    return -1;
+  }
+  return 0;
+}
+
+static int check_param(const char *op, const mm_tensor *param) {
+  if (!param) {
+    mm_set_error("%s: expected a parameter tensor, got nothing", op);
+    return -1;
+  }
+  if (!mm_dtype_is_float(param->dtype)) {
+    mm_set_error("%s: expected a float32 or float64 parameter, got %s", op,
+                 mm_dtype_name(param->dtype));
+    return -1;
+  }
+  return 0;
+}
+
+/* The kernels work on contiguous memory.  A gradient or parameter that is
+ * a strided view is copied first; grad mode is off so the copy is never
+ * recorded, whatever the caller's mode. */
+static mm_tensor *contiguous_unrecorded(mm_tensor *t) {
+  bool prev = mm_grad_enabled();
+  mm_set_grad_enabled(false);
+  mm_tensor *c = mm_contiguous(t);
+  mm_set_grad_enabled(prev);
+  return c;
+}
+
+/* Runs body over [0, n) in blocks on the pool. */
+typedef struct {
+  void (*body)(void *ctx, int64_t begin, int64_t end);
+  void *ctx;
+  int64_t n;
+} blocked_job;
+
+static void run_blocks(void *ctx, int64_t b, int64_t e) {
+  blocked_job *j = ctx;
+  int64_t begin = b * OPTIM_BLOCK, end = e * OPTIM_BLOCK;
+  if (end > j->n) end = j->n;
+  j->body(j->ctx, begin, end);
+}
+
+static void parallel_elements(int64_t n, void (*body)(void *, int64_t, int64_t), void *ctx) {
+  if (n <= 0) return;
+  blocked_job j = {body, ctx, n};
+  mm_parallel_for((n + OPTIM_BLOCK - 1) / OPTIM_BLOCK, run_blocks, &j);
+}
+
+/* Wraps a kernel call: makes param and grad contiguous if they are not,
+ * runs `apply` on the contiguous parameter, writes a copied parameter back,
+ * and bumps the versions of everything written. */
+typedef void (*apply_fn)(mm_tensor *p, mm_tensor *g, void *ctx);
+
+static int with_contiguous(mm_tensor *param, mm_tensor *grad, apply_fn apply, void *ctx) {
+  mm_tensor *g = contiguous_unrecorded(grad);
+  if (!g) return -1;
+  mm_tensor *p = mm_is_contiguous(param) ? param : contiguous_unrecorded(param);
+  if (!p) { mm_tensor_release(g); return -1; }
+  apply(p, g, ctx);
+  int rc = 0;
+  if (p != param) {
+    rc = mm_copy_(param, p);   /* bumps param's version */
+    mm_tensor_release(p);
+  } else {
+    mm_bump_version(param);
+  }
+  mm_tensor_release(g);
+  return rc;
+}
+
+/* ---- SGD ----------------------------------------------------------------------- */
+
+typedef struct {
+  void *p;
+  const void *g;
+  void *buf;
+  const mm_sgd_opts *o;
+} sgd_ctx;
+
+/* p (param, g) : (N) contiguous; buf (N) or NULL */
+#define SGD_BODY(NAME, T)                                                          \
+  static void NAME(void *vctx, int64_t begin, int64_t end) {                       \
+    const sgd_ctx *c = vctx;                                                       \
+    T *p = c->p, *buf = c->buf;                                                    \
+    const T *gr = c->g;                                                            \
+    const T lr = (T)c->o->lr, wd = (T)c->o->weight_decay, mom = (T)c->o->momentum; \
+    const T keep = (T)(1 - c->o->dampening);                                       \
+    const bool first = c->o->first_step, nesterov = c->o->nesterov;               \
+    const bool decay = c->o->weight_decay != 0, has_mom = c->o->momentum != 0;     \
+    for (int64_t i = begin; i < end; i++) {                                        \
+      T g = gr[i];                                                                 \
+      if (decay) g += wd * p[i];                                                   \
+      if (has_mom) {                                                               \
+        T b = first ? g : mom * buf[i] + keep * g;                                 \
+        buf[i] = b;                                                                \
+        g = nesterov ? g + mom * b : b;                                            \
+      }                                                                            \
+      p[i] -= lr * g;                                                              \
+    }                                                                              \
+  }
+SGD_BODY(sgd_f32, float)
+SGD_BODY(sgd_f64, double)
+
+static void sgd_apply(mm_tensor *p, mm_tensor *g, void *vctx) {
+  sgd_ctx *c = vctx;
+  c->p = mm_data_ptr(p);
+  c->g = mm_data_ptr(g);
+  parallel_elements(mm_numel(p), p->dtype == MM_FLOAT32 ? sgd_f32 : sgd_f64, c);
+}
+
+int mm_sgd_step(mm_tensor *param, mm_tensor *grad, mm_tensor *momentum_buf,
+                const mm_sgd_opts *o) {
+  const char *op = "sgd_step";
+  if (check_param(op, param) < 0 || check_like_param(op, "grad", param, grad, false) < 0)
+    return -1;
+  if (o->momentum != 0 && check_like_param(op, "momentum", param, momentum_buf, true) < 0)
+    return -1;
+  if (o->nesterov && (o->momentum <= 0 || o->dampening != 0)) {
+    mm_set_error("%s: Nesterov momentum expects momentum > 0 and dampening = 0, got "
+                 "momentum %g and dampening %g", op, o->momentum, o->dampening);
+    return -1;
+  }
+  sgd_ctx c = {NULL, NULL, o->momentum != 0 ? mm_data_ptr(momentum_buf) : NULL, o};
+  if (with_contiguous(param, grad, sgd_apply, &c) < 0) return -1;
+  if (o->momentum != 0) mm_bump_version(momentum_buf);
+  return 0;
+}
+
+/* ---- Adam / AdamW ---------------------------------------------------------------- */
+
+typedef struct {
+  void *p;
+  const void *g;
+  void *m, *v, *vmax;
+  double step_size;   /* lr / (1 - beta1^step) */
+  double bc2_sqrt;    /* sqrt(1 - beta2^step) */
+  double decay;       /* AdamW: 1 - lr * weight_decay */
+  const mm_adam_opts *o;
+} adam_ctx;
+
+/* p, g, m, v, vmax: (N) contiguous */
+#define ADAM_BODY(NAME, T)                                                          \
+  static void NAME(void *vctx, int64_t begin, int64_t end) {                        \
+    const adam_ctx *c = vctx;                                                       \
+    T *p = c->p, *m = c->m, *v = c->v, *vmax = c->vmax;                             \
+    const T *gr = c->g;                                                             \
+    const T b1 = (T)c->o->beta1, b2 = (T)c->o->beta2, eps = (T)c->o->eps;           \
+    const T one_b1 = (T)(1 - c->o->beta1), one_b2 = (T)(1 - c->o->beta2);           \
+    const T wd = (T)c->o->weight_decay, decay = (T)c->decay;                        \
+    const T step_size = (T)c->step_size, bc2_sqrt = (T)c->bc2_sqrt;                 \
+    const bool l2 = !c->o->decoupled && c->o->weight_decay != 0;                    \
+    const bool decoupled = c->o->decoupled && c->o->weight_decay != 0;              \
+    for (int64_t i = begin; i < end; i++) {                                         \
+      T pi = p[i], g = gr[i];                                                       \
+      if (l2) g += wd * pi;                                                         \
+      if (decoupled) pi *= decay;                                                   \
+      T mi = b1 * m[i] + one_b1 * g;                                                \
+      T vi = b2 * v[i] + one_b2 * g * g;                                            \
+      m[i] = mi;                                                                    \
+      v[i] = vi;                                                                    \
+      if (vmax) {                                                                   \
+        /* NaN in v propagates into vmax, as torch.maximum does */                  \
+        vi = vmax[i] >= vi ? vmax[i] : vi;                                          \
+        vmax[i] = vi;                                                               \
+      }                                                                             \
+      p[i] = pi - step_size * mi / (sqrt(vi) / bc2_sqrt + eps);                     \
+    }                                                                               \
+  }
+ADAM_BODY(adam_f32, float)
+ADAM_BODY(adam_f64, double)
+
+static void adam_apply(mm_tensor *p, mm_tensor *g, void *vctx) {
+  adam_ctx *c = vctx;
+  c->p = mm_data_ptr(p);
+  c->g = mm_data_ptr(g);
+  parallel_elements(mm_numel(p), p->dtype == MM_FLOAT32 ? adam_f32 : adam_f64, c);
+}
+
+int mm_adam_step(mm_tensor *param, mm_tensor *grad, mm_tensor *exp_avg, mm_tensor *exp_avg_sq,
+                 mm_tensor *max_sq, const mm_adam_opts *o) {
+  const char *op = o->decoupled ? "adamw_step" : "adam_step";
+  if (check_param(op, param) < 0 || check_like_param(op, "grad", param, grad, false) < 0 ||
+      check_like_param(op, "exp_avg", param, exp_avg, true) < 0 ||
+      check_like_param(op, "exp_avg_sq", param, exp_avg_sq, true) < 0)
+    return -1;
+  if (o->amsgrad && check_like_param(op, "max_exp_avg_sq", param, max_sq, true) < 0) return -1;
+  if (o->step < 1) {
+    mm_set_error("%s: expected a step count >= 1 (bias correction divides by 1 - beta^step), "
+                 "got %lld", op, (long long)o->step);
+    return -1;
+  }
+  if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1)) {
+    mm_set_error("%s: expected betas in [0, 1), got (%g, %g)", op, o->beta1, o->beta2);
+    return -1;
+  }
+  adam_ctx c = {
+    .m = mm_data_ptr(exp_avg), .v = mm_data_ptr(exp_avg_sq),
+    .vmax = o->amsgrad ? mm_data_ptr(max_sq) : NULL,
+    .step_size = o->lr / (1 - pow(o->beta1, (double)o->step)),
+    .bc2_sqrt = sqrt(1 - pow(o->beta2, (double)o->step)),
+    .decay = 1 - o->lr * o->weight_decay,
+    .o = o,
+  };
+  if (with_contiguous(param, grad, adam_apply, &c) < 0) return -1;
+  mm_bump_version(exp_avg);
+  mm_bump_version(exp_avg_sq);
+  if (o->amsgrad) mm_bump_version(max_sq);
+  return 0;
+}
+
+/* ---- norms for gradient clipping ---------------------------------------------------- */
+
+#define NORM_ACC(NAME, T)                                                  \
+  static double NAME(const T *x, int64_t n, double p) {                    \
+    double s = 0;                                                          \
+    if (isinf(p)) {                                                        \
+      for (int64_t i = 0; i < n; i++) {                                    \
+        double a = fabs((double)x[i]);                                     \
+        if (a > s || a != a) s = a;                                        \
+        if (s != s) break;                                                 \
+      }                                                                    \
+    } else if (p == 2) {                                                   \
+      for (int64_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];   \
+    } else if (p == 1) {                                                   \
+      for (int64_t i = 0; i < n; i++) s += fabs((double)x[i]);             \
+    } else {                                                               \
+      for (int64_t i = 0; i < n; i++) s += pow(fabs((double)x[i]), p);     \
+    }                                                                      \
+    return s;                                                              \
+  }
+NORM_ACC(norm_acc_f32, float)
+NORM_ACC(norm_acc_f64, double)
+
+int mm_norm_accumulate(mm_tensor *t, double p, double *out) {
+  if (!mm_dtype_is_float(t->dtype)) {
+    mm_set_error("norm_accumulate: expected a float32 or float64 tensor, got %s",
+                 mm_dtype_name(t->dtype));
+    return -1;
+  }
+  if (!(p > 0)) {
+    mm_set_error("norm_accumulate: expected a norm order p > 0, got %g", p);
+    return -1;
+  }
+  mm_tensor *c = contiguous_unrecorded(t);
+  if (!c) return -1;
+  int64_t n = mm_numel(c);
+  *out = c->dtype == MM_FLOAT32 ? norm_acc_f32(mm_data_ptr(c), n, p)
+                                : norm_acc_f64(mm_data_ptr(c), n, p);
+  mm_tensor_release(c);
+  return 0;
+}

@@ -1,0 +1,440 @@
+-- optim_spec.lua — optimizers against closed-form trajectories and a plain
+-- Lua reference of the torch.optim update rules; parameter groups, state,
+-- clip_grad_norm, schedulers, and the kernels' error messages.
+local mm = require "microml"
+local optim = mm.optim
+
+local F64 = { dtype = "float64" }
+
+local function param(values, dtype)
+  return mm.tensor(values, { dtype = dtype or "float64", requires_grad = true })
+end
+
+local function values(t)
+  local out = {}
+  for k = 1, t:numel() do out[k] = t:_get(k) end
+  return out
+end
+
+local function assert_close(expected, got, tol, what)
+  tol = tol or 1e-12
+  assert.are.equal(#expected, #got, what)
+  for i = 1, #expected do
+    local e, g = expected[i], got[i]
+    if math.abs(e - g) > tol * (1 + math.abs(e)) then
+      error(("%s: element %d expected %.17g, got %.17g"):format(what or "values", i, e, g), 2)
+    end
+  end
+end
+
+local function errmsg(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  return tostring(err)
+end
+
+local function assert_error_has(fn, ...)
+  local pieces = { ... }
+  assert.has_error(fn)
+  local msg = errmsg(fn)
+  for _, p in ipairs(pieces) do
+    assert.is_truthy(msg:find(p, 1, true), ("message %q lacks %q"):format(msg, p))
+  end
+end
+
+-- Plain-Lua reference of the update rules (scalar per element), written
+-- from the formulas in torch.optim's documentation.
+local ref = {}
+function ref.sgd(p, grads, o)
+  p = { table.unpack(p) }
+  local buf = {}
+  for step, g in ipairs(grads) do
+    for i = 1, #p do
+      local d = g[i] + (o.weight_decay or 0) * p[i]
+      local m = o.momentum or 0
+      if m ~= 0 then
+        if step == 1 then buf[i] = d else buf[i] = m * buf[i] + (1 - (o.dampening or 0)) * d end
+        d = o.nesterov and d + m * buf[i] or buf[i]
+      end
+      p[i] = p[i] - o.lr * d
+    end
+  end
+  return p
+end
+function ref.adam(p, grads, o, decoupled)
+  p = { table.unpack(p) }
+  local m, v, vmax = {}, {}, {}
+  local b1, b2, eps, wd, lr = o.betas[1], o.betas[2], o.eps, o.weight_decay, o.lr
+  for i = 1, #p do m[i], v[i], vmax[i] = 0, 0, 0 end
+  for t, g in ipairs(grads) do
+    for i = 1, #p do
+      local gi = g[i]
+      if decoupled then p[i] = p[i] * (1 - lr * wd) else gi = gi + wd * p[i] end
+      m[i] = b1 * m[i] + (1 - b1) * gi
+      v[i] = b2 * v[i] + (1 - b2) * gi * gi
+      local vv = v[i]
+      if o.amsgrad then vmax[i] = math.max(vmax[i], v[i]); vv = vmax[i] end
+      local denom = math.sqrt(vv) / math.sqrt(1 - b2 ^ t) + eps
+      p[i] = p[i] - lr / (1 - b1 ^ t) * m[i] / denom
+    end
+  end
+  return p
+end
+
+-- Runs opt for #grads steps with the given gradients (set directly).
+local function run(p, opt, grads, dtype)
+  for _, g in ipairs(grads) do
+    p.grad = mm.tensor(g, { dtype = dtype or "float64" }):reshape(p:shape())
+    opt:step()
+  end
+  return values(p)
+end
+
+local GRADS = { { 0.5, -1.5, 2.0 }, { -0.25, 0.75, 3.0 }, { 1.0, 0.1, -2.0 }, { 0.3, -0.2, 0.05 } }
+local P0 = { 1.0, -2.0, 0.5 }
+
+describe("optim.SGD", function()
+  it("follows p_k = (1 - lr)^k p_0 on f = p^2/2 with real backward passes", function()
+    local p = param({ 3.0, -1.0 })
+    local opt = optim.SGD({ p }, { lr = 0.1 })
+    for _ = 1, 5 do
+      opt:zero_grad()
+      local f = p * p * 0.5
+      f:backward(mm.ones_like(f))
+      opt:step()
+    end
+    assert_close({ 3 * 0.9 ^ 5, -1 * 0.9 ^ 5 }, values(p), 1e-14, "plain SGD")
+  end)
+
+  it("matches the geometric series for momentum on a constant gradient", function()
+    -- buf_k = g (1 - m^k) / (1 - m), p_k = p_0 - lr g sum_{j<=k} (1 - m^j)/(1 - m)
+    local p = param({ 1.0 })
+    local m, lr, g = 0.9, 0.1, 2.0
+    local opt = optim.SGD(p, { lr = lr, momentum = m })
+    local grads = {}
+    for k = 1, 6 do grads[k] = { g } end
+    local got = run(p, opt, grads)
+    local s = 0
+    for j = 1, 6 do s = s + (1 - m ^ j) / (1 - m) end
+    assert_close({ 1 - lr * g * s }, got, 1e-14, "momentum")
+    assert_close({ g * (1 - m ^ 6) / (1 - m) }, values(opt.state[p].momentum_buffer), 1e-14, "buffer")
+  end)
+
+  it("matches the reference for dampening, weight decay and Nesterov", function()
+    for _, o in ipairs {
+      { lr = 0.05, momentum = 0.8, dampening = 0.3 },
+      { lr = 0.05, momentum = 0.9, nesterov = true },
+      { lr = 0.02, momentum = 0.5, weight_decay = 0.1, nesterov = true },
+      { lr = 0.1, weight_decay = 0.2 },
+    } do
+      local p = param(P0)
+      local got = run(p, optim.SGD({ p }, o), GRADS)
+      assert_close(ref.sgd(P0, GRADS, o), got, 1e-13, "SGD " .. tostring(o.nesterov))
+    end
+  end)
+
+  it("updates float32 parameters to float32 precision", function()
+    local o = { lr = 0.05, momentum = 0.9, nesterov = true, weight_decay = 0.01 }
+    local p = param(P0, "float32")
+    local got = run(p, optim.SGD({ p }, o), GRADS, "float32")
+    assert_close(ref.sgd(P0, GRADS, o), got, 1e-6, "SGD float32")
+    assert.are.equal("float32", p:dtype())
+  end)
+end)
+
+describe("optim.Adam / AdamW", function()
+  it("takes steps of lr * g / (|g| + eps) on a constant gradient (bias correction)", function()
+    -- With a constant g, m_t = g (1 - b1^t) and v_t = g^2 (1 - b2^t), so the
+    -- corrected moments are exactly g and g^2 from the first step on.
+    local lr, eps = 0.01, 1e-8
+    local p = param({ 0.0, 1.0, -1.0 })
+    local g = { 3.0, -0.5, 1e-3 }
+    local grads = {}
+    for t = 1, 5 do grads[t] = g end
+    local got = run(p, optim.Adam({ p }, { lr = lr, eps = eps }), grads)
+    local want = {}
+    for i, x in ipairs { 0.0, 1.0, -1.0 } do want[i] = x - 5 * lr * g[i] / (math.abs(g[i]) + eps) end
+    assert_close(want, got, 1e-12, "Adam constant gradient")
+  end)
+
+  it("AdamW decays decoupled: p_t = a^t p_0 - c (1 - a^t)/(1 - a)", function()
+    local lr, wd, g = 0.1, 0.05, 0.5
+    local a, c = 1 - lr * wd, lr * g / (g + 1e-8)
+    local p = param({ 2.0 })
+    local grads = {}
+    for t = 1, 7 do grads[t] = { g } end
+    local got = run(p, optim.AdamW({ p }, { lr = lr, weight_decay = wd }), grads)
+    assert_close({ a ^ 7 * 2.0 - c * (1 - a ^ 7) / (1 - a) }, got, 1e-12, "AdamW closed form")
+  end)
+
+  it("matches the reference for Adam with L2 decay, AdamW and AMSGrad", function()
+    for _, case in ipairs {
+      { "Adam", false, { lr = 0.01, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0, amsgrad = false } },
+      { "Adam", false, { lr = 0.02, betas = { 0.8, 0.99 }, eps = 1e-6, weight_decay = 0.1, amsgrad = false } },
+      { "AdamW", true, { lr = 0.02, betas = { 0.8, 0.99 }, eps = 1e-6, weight_decay = 0.1, amsgrad = false } },
+      { "AdamW", true, { lr = 0.05, betas = { 0.5, 0.9 }, eps = 1e-8, weight_decay = 0.01, amsgrad = true } },
+      { "Adam", false, { lr = 0.05, betas = { 0.5, 0.9 }, eps = 1e-8, weight_decay = 0, amsgrad = true } },
+    } do
+      local name, decoupled, o = case[1], case[2], case[3]
+      local p = param(P0)
+      local got = run(p, optim[name]({ p }, o), GRADS)
+      assert_close(ref.adam(P0, GRADS, o, decoupled), got, 1e-12, name)
+    end
+  end)
+
+  it("AMSGrad keeps the running maximum of v (and differs once v shrinks)", function()
+    local o = { lr = 0.1, betas = { 0.0, 0.5 }, eps = 1e-8, weight_decay = 0, amsgrad = true }
+    local grads = { { 10.0 }, { 0.1 }, { 0.1 } }   -- v falls after the first step
+    local p = param({ 0.0 })
+    local opt = optim.Adam({ p }, o)
+    local got = run(p, opt, grads)
+    assert_close(ref.adam({ 0.0 }, grads, o, false), got, 1e-12, "amsgrad")
+    -- v_1 = 50, v_2 = 25.005, v_3 = 12.5075: the max stays v_1
+    assert_close({ 50 }, values(opt.state[p].max_exp_avg_sq), 1e-12, "vmax")
+    local q = param({ 0.0 })
+    o.amsgrad = false
+    local plain = run(q, optim.Adam({ q }, o), grads)
+    assert.is_true(math.abs(plain[1] - got[1]) > 1e-3)
+  end)
+
+  it("updates float32 parameters close to the float64 reference", function()
+    local o = { lr = 0.01, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0.01, amsgrad = true }
+    local p = param(P0, "float32")
+    local got = run(p, optim.AdamW({ p }, o), GRADS, "float32")
+    assert_close(ref.adam(P0, GRADS, o, true), got, 1e-6, "AdamW float32")
+  end)
+
+  it("updates a non-contiguous parameter through its view", function()
+    local base = mm.tensor({ { 1.0, 2.0, 3.0 }, { 4.0, 5.0, 6.0 } }, F64)
+    local p = base:t()                       -- a leaf with transposed strides
+    p.requires_grad = true
+    assert.is_false(p:is_contiguous())
+    local opt = optim.SGD({ p }, { lr = 0.5, momentum = 0.9 })
+    for _ = 1, 2 do
+      p.grad = mm.tensor({ { 1.0, 0.0 }, { 0.0, 2.0 }, { 4.0, 0.0 } }, F64)
+      opt:step()
+    end
+    -- two momentum steps move by lr * (g + (0.9 g + g)) = 1.45 g
+    assert_close({ 1 - 1.45, 4, 2, 5 - 2.9, 3 - 5.8, 6 }, values(p), 1e-14, "transposed param")
+    assert_close({ 1 - 1.45, 2, 3 - 5.8, 4, 5 - 2.9, 6 }, values(base), 1e-14, "its base")
+  end)
+
+  it("allocates each state buffer once and skips parameters without a gradient", function()
+    local p, q = param({ 1.0, 2.0 }), param({ 3.0 })
+    local opt = optim.AdamW({ p, q })
+    p.grad = mm.ones(2, F64)
+    opt:step()
+    local m, v = opt.state[p].exp_avg, opt.state[p].exp_avg_sq
+    assert.is_nil(opt.state[q])
+    assert.are.same({ 3.0 }, values(q))
+    for _ = 1, 3 do p.grad = mm.ones(2, F64); opt:step() end
+    assert.are.equal(m, opt.state[p].exp_avg)
+    assert.are.equal(v, opt.state[p].exp_avg_sq)
+    assert.are.equal(4, opt.state[p].step)
+  end)
+
+  it("bumps the parameter's version so a stale graph refuses to backward", function()
+    local p = param({ 1.0, 2.0 })
+    local opt = optim.SGD({ p }, { lr = 0.1 })
+    local y = p * p                           -- saves p
+    p.grad = mm.ones(2, F64)
+    opt:step()
+    assert_error_has(function() y:backward(mm.ones(2, F64)) end, "modified by an in-place operation")
+  end)
+
+  it("gives the same result with one thread and with two", function()
+    local n = 100000
+    local function go(threads)
+      mm.set_num_threads(threads)
+      mm.manual_seed(7)
+      local p = mm.randn(n, F64)
+      p.requires_grad = true
+      local opt = optim.AdamW({ p }, { lr = 0.01, amsgrad = true })
+      for _ = 1, 3 do p.grad = mm.randn(n, F64); opt:step() end
+      return p
+    end
+    local before = mm.get_num_threads()
+    local a, b = go(1), go(2)
+    mm.set_num_threads(before)
+    for k = 1, n, 997 do assert.are.equal(a:_get(k), b:_get(k)) end
+    assert.are.equal(a:_get(n), b:_get(n))
+  end)
+end)
+
+describe("parameter groups", function()
+  it("apply each group's own hyper-parameters and inherit the rest", function()
+    local a, b = param({ 1.0 }), param({ 1.0 })
+    local opt = optim.AdamW({ { params = { a }, weight_decay = 0 }, { params = { b }, lr = 0.1 } },
+                            { lr = 0.01, weight_decay = 0.5 })
+    assert.are.equal(0.01, opt.param_groups[1].lr)
+    assert.are.equal(0, opt.param_groups[1].weight_decay)
+    assert.are.equal(0.1, opt.param_groups[2].lr)
+    assert.are.equal(0.5, opt.param_groups[2].weight_decay)
+    local grads = { { 1.0 }, { 1.0 } }
+    for _, g in ipairs(grads) do
+      a.grad = mm.tensor(g, F64); b.grad = mm.tensor(g, F64)
+      opt:step()
+    end
+    local base = { betas = { 0.9, 0.999 }, eps = 1e-8, amsgrad = false }
+    local oa = setmetatable({ lr = 0.01, weight_decay = 0 }, { __index = base })
+    local ob = setmetatable({ lr = 0.1, weight_decay = 0.5 }, { __index = base })
+    assert_close(ref.adam({ 1.0 }, grads, oa, true), values(a), 1e-12, "group 1")
+    assert_close(ref.adam({ 1.0 }, grads, ob, true), values(b), 1e-12, "group 2")
+  end)
+
+  it("refuse a tensor in two groups, unknown options and bad values", function()
+    local a = param({ 1.0 })
+    assert_error_has(function() optim.SGD({ { params = { a } }, { params = { a } } }) end,
+                     "appears twice")
+    assert_error_has(function() optim.Adam({ a }, { learning_rate = 1 }) end, "unknown option 'learning_rate'")
+    assert_error_has(function() optim.Adam({ a }, { lr = -1 }) end, "expected lr in >= 0, got -1")
+    assert_error_has(function() optim.Adam({ a }, { betas = { 0.9, 1.0 } }) end, "betas[2] in [0, 1), got 1")
+    assert_error_has(function() optim.SGD({ a }, { nesterov = true }) end, "momentum > 0 and dampening = 0")
+    assert_error_has(function() optim.SGD({}) end, "at least one parameter")
+    assert_error_has(function() optim.SGD({ a, 3 }) end, "parameter 2 to be a tensor, got number")
+    local nonleaf = a * 2
+    assert_error_has(function() optim.SGD({ nonleaf }) end, "non-leaf")
+    assert_error_has(function() optim.SGD({ mm.tensor({ 1, 2 }) }) end, "float32 or float64 parameters, got int64")
+  end)
+
+  it("zero_grad sets gradients to nil, or to zeros in place", function()
+    local a = param({ 1.0, 2.0 })
+    local opt = optim.SGD({ a }, { lr = 0.1 })
+    a.grad = mm.ones(2, F64)
+    local g = a.grad
+    opt:zero_grad(false)
+    assert.are.same({ 0, 0 }, values(g))
+    opt:zero_grad()
+    assert.is_nil(a.grad)
+  end)
+end)
+
+describe("optimizer state_dict", function()
+  it("round-trips: a restored optimizer continues exactly like the original", function()
+    local o = { lr = 0.05, amsgrad = true, weight_decay = 0.1 }
+    local p = param(P0)
+    local opt = optim.AdamW({ { params = { p } } }, o)
+    run(p, opt, { GRADS[1], GRADS[2] })
+    local sd = opt:state_dict()
+    assert.are.equal(2, sd.state[1].step)
+    assert.are.same({ 1 }, sd.param_groups[1].params)
+
+    local q = mm.tensor(p, { dtype = "float64", requires_grad = true })
+    local opt2 = optim.AdamW({ q }, { lr = 1 })       -- hyper-parameters come from sd
+    opt2:load_state_dict(sd)
+    assert.are.equal(0.05, opt2.param_groups[1].lr)
+    assert.are_not.equal(sd.state[1].exp_avg, opt2.state[q].exp_avg)   -- copied, not aliased
+    local a = run(p, opt, { GRADS[3], GRADS[4] })
+    local b = run(q, opt2, { GRADS[3], GRADS[4] })
+    assert.are.same(a, b)
+  end)
+
+  it("refuses a state_dict of another shape", function()
+    local p, q = param({ 1.0, 2.0 }), param({ 1.0 })
+    local opt = optim.Adam({ p })
+    p.grad = mm.ones(2, F64); opt:step()
+    local sd = opt:state_dict()
+    assert_error_has(function() optim.Adam({ q }):load_state_dict(sd) end,
+                     "state 'exp_avg' of parameter 1 has shape (2)", "parameter has shape (1)")
+    assert_error_has(function() optim.Adam({ { params = { p } }, { params = { q } } }):load_state_dict(sd) end,
+                     "expected 2 parameter groups, got 1")
+  end)
+end)
+
+describe("optim.clip_grad_norm", function()
+  it("returns the global norm and rescales only above max_norm", function()
+    local a, b, c = param({ 0.0, 0.0 }), param({ 0.0 }), param({ 0.0 })
+    a.grad = mm.tensor({ 3.0, 4.0 }, F64)
+    b.grad = mm.tensor({ 12.0 }, F64)          -- c has no gradient
+    assert.are.equal(13, optim.clip_grad_norm({ a, b, c }, 100))
+    assert.are.same({ 3, 4 }, values(a.grad))
+    local total = optim.clip_grad_norm({ a, b, c }, 6.5)
+    assert.are.equal(13, total)
+    local s = 6.5 / (13 + 1e-6)
+    assert_close({ 3 * s, 4 * s }, values(a.grad), 1e-15, "a")
+    assert_close({ 12 * s }, values(b.grad), 1e-15, "b")
+  end)
+
+  it("supports the max norm and float32 gradients, and checks its arguments", function()
+    local a = param({ 0.0, 0.0 }, "float32")
+    a.grad = mm.tensor({ -5.0, 2.0 })
+    assert.are.equal(5, optim.clip_grad_norm(a, 1, math.huge))
+    assert_close({ -5 / (5 + 1e-6), 2 / (5 + 1e-6) }, values(a.grad), 1e-6, "inf norm")
+    assert_error_has(function() optim.clip_grad_norm({ a }, -1) end, "max_norm >= 0, got -1")
+    assert_error_has(function() optim.clip_grad_norm({ a }, 1, 0) end, "norm_type > 0")
+  end)
+end)
+
+describe("schedulers", function()
+  local function lrs(sched, n)
+    local out = { sched:get_last_lr()[1] }
+    for _ = 1, n do sched:step(); out[#out + 1] = sched:get_last_lr()[1] end
+    return out
+  end
+
+  it("StepLR multiplies by gamma every step_size steps", function()
+    local opt = optim.SGD({ param({ 1.0 }) }, { lr = 1.0 })
+    local got = lrs(optim.StepLR(opt, { step_size = 2, gamma = 0.5 }), 6)
+    assert_close({ 1, 1, 0.5, 0.5, 0.25, 0.25, 0.125 }, got, 1e-15, "StepLR")
+    assert.are.equal(0.125, opt.param_groups[1].lr)
+  end)
+
+  it("CosineAnnealingLR follows half a cosine, after a linear warmup", function()
+    local opt = optim.SGD({ param({ 1.0 }) }, { lr = 1.0 })
+    local got = lrs(optim.CosineAnnealingLR(opt, { T_max = 4, eta_min = 0.1 }), 5)
+    local want = {}
+    for t = 0, 4 do want[t + 1] = 0.1 + 0.9 * (1 + math.cos(math.pi * t / 4)) / 2 end
+    want[6] = 0.1
+    assert_close(want, got, 1e-15, "cosine")
+
+    local opt2 = optim.SGD({ param({ 1.0 }) }, { lr = 2.0 })
+    local got2 = lrs(optim.CosineAnnealingLR(opt2, { T_max = 6, warmup = 2 }), 6)
+    assert_close({ 0, 1, 2, 2 * (1 + math.cos(math.pi / 4)) / 2, 1, 2 * (1 + math.cos(3 * math.pi / 4)) / 2, 0 },
+                 got2, 1e-15, "warmup + cosine")
+  end)
+
+  it("LinearWarmup ramps from start_factor to the base lr, per group", function()
+    local opt = optim.SGD({ { params = { param({ 1.0 }) }, lr = 1.0 }, { params = { param({ 1.0 }) }, lr = 0.1 } })
+    local sched = optim.LinearWarmup(opt, { warmup_steps = 4, start_factor = 0.2 })
+    assert_close({ 0.2, 0.4, 0.6, 0.8, 1, 1 }, lrs(sched, 5), 1e-15, "warmup")
+    assert_close({ 1.0, 0.1 }, sched:get_last_lr(), 1e-15, "groups")
+  end)
+
+  it("restores from state_dict and checks its arguments", function()
+    local opt = optim.SGD({ param({ 1.0 }) }, { lr = 1.0 })
+    local s1 = optim.StepLR(opt, { step_size = 1, gamma = 0.5 })
+    s1:step(); s1:step()
+    local sd = s1:state_dict()
+    local opt2 = optim.SGD({ param({ 1.0 }) }, { lr = 1.0 })
+    local s2 = optim.StepLR(opt2, { step_size = 1, gamma = 0.5 })
+    s2:load_state_dict(sd)
+    assert.are.equal(0.25, opt2.param_groups[1].lr)
+    s2:step()
+    assert.are.equal(0.125, opt2.param_groups[1].lr)
+    assert_error_has(function() optim.StepLR(opt, { step_size = 0 }) end, "step_size to be an integer >= 1, got 0")
+    assert_error_has(function() optim.CosineAnnealingLR(opt, { T_max = 3, warmup = 5 }) end, "warmup")
+    assert_error_has(function() optim.LinearWarmup(opt, {}) end, "warmup_steps to be an integer >= 1, got nil")
+  end)
+end)
+
+describe("fused kernels", function()
+  it("name what is wrong with their tensors", function()
+    local p = mm.zeros(2, 3, F64)
+    local g = mm.zeros(2, 3, F64)
+    assert_error_has(function() mm._adamw_step(p, g, mm.zeros(3, F64), mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 1) end,
+                     "adamw_step: expected exp_avg of the parameter's shape (2, 3), got (3)")
+    assert_error_has(function() mm._adam_step(p, mm.zeros(2, 3), mm.zeros(2, 3, F64), mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 1) end,
+                     "adam_step: expected grad to have the parameter's dtype float64, got float32")
+    assert_error_has(function() mm._adamw_step(p, g, mm.zeros(2, 3, F64), mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 0) end,
+                     "step count >= 1", "got 0")
+    assert_error_has(function() mm._sgd_step(mm.zeros(2, { dtype = "int64" }), mm.zeros(2, { dtype = "int64" }), nil, 0.1, 0, 0, 0, false, true) end,
+                     "sgd_step: expected a float32 or float64 parameter, got int64")
+    assert_error_has(function() mm._sgd_step(p, g, nil, 0.1, 0.9, 0, 0, false, true) end,
+                     "sgd_step: expected a momentum tensor, got nothing")
+    local nc = mm.zeros(3, 2, F64):t()
+    assert_error_has(function() mm._adamw_step(p, g, nc, mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 1) end,
+                     "expected a contiguous exp_avg buffer")
+    assert_error_has(function() mm._norm_accumulate(mm.zeros(2, { dtype = "int64" })) end,
+                     "expected a float32 or float64 tensor, got int64")
+  end)
+end)
