@@ -25,14 +25,6 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static void gemm(mm_dtype dt, int64_t M, int64_t N, int64_t K, const void *A, int64_t rs_a,
-                 int64_t cs_a, const void *B, int64_t rs_b, int64_t cs_b, double beta, void *C,
-                 int64_t rs_c, int64_t cs_c) {
-  if (dt == MM_FLOAT32)
-    mm_sgemm(M, N, K, 1.0f, A, rs_a, cs_a, B, rs_b, cs_b, (float)beta, C, rs_c, cs_c);
-  else
-    mm_dgemm(M, N, K, 1.0, A, rs_a, cs_a, B, rs_b, cs_b, beta, C, rs_c, cs_c);
-}
 
 /* t in dtype dt, contiguous if asked; a new reference, copied (unrecorded)
  * only when needed. */
@@ -200,7 +192,7 @@ typedef struct {
         T b = ((const T *)j->bias)[o * j->bs];                                        \
         for (int64_t p = 0; p < P; p++) y[o * P + p] = b;                             \
       }                                                                               \
-    gemm(j->dt, g->O, P, CK, j->w, CK, 1, (const T *)j->col + gi * P, j->ld, 1,      \
+    mm_gemm_typed(j->dt, g->O, P, CK, j->w, CK, 1, (const T *)j->col + gi * P, j->ld, 1,      \
          j->bias ? 1.0 : 0.0, y, P, 1);                                               \
   }                                                                                   \
   /* Task (gi, o): dy[n0 + gi, o] into buf row o, the layout of the GEMMs. */         \
@@ -321,12 +313,12 @@ static int conv2d_backward(mm_node *n, mm_tensor *gy, mm_tensor **gin) {
       j.ld = j.gn * P;
       mm_parallel_for(j.gn * g->O, gather_task, &j);
       if (need_x) {   /* col = W^T dy, then back to image positions */
-        gemm(j.dt, CK, j.ld, g->O, mm_data_ptr(wo), 1, CK, j.buf, j.ld, 1, 0.0, j.col, j.ld, 1);
+        mm_gemm_typed(j.dt, CK, j.ld, g->O, mm_data_ptr(wo), 1, CK, j.buf, j.ld, 1, 0.0, j.col, j.ld, 1);
         mm_parallel_for(j.gn * g->C, col2im_task, &j);
       }
       if (need_w) {   /* dW += dy col^T, the groups in order */
         mm_parallel_for(j.gn * g->C, im2col_task, &j);
-        gemm(j.dt, g->O, CK, j.ld, j.buf, j.ld, 1, j.col, 1, j.ld, 1.0, mm_data_ptr(gin[1]),
+        mm_gemm_typed(j.dt, g->O, CK, j.ld, j.buf, j.ld, 1, j.col, 1, j.ld, 1.0, mm_data_ptr(gin[1]),
              CK, 1);
       }
     }

@@ -571,3 +571,12 @@ void mm_dgemm(int64_t M, int64_t N, int64_t K, double alpha,
     }
   }
 }
+
+void mm_gemm_typed(mm_dtype dt, int64_t M, int64_t N, int64_t K, const void *A, int64_t rs_a,
+                   int64_t cs_a, const void *B, int64_t rs_b, int64_t cs_b, double beta, void *C,
+                   int64_t rs_c, int64_t cs_c) {
+  if (dt == MM_FLOAT32)
+    mm_sgemm(M, N, K, 1.0f, A, rs_a, cs_a, B, rs_b, cs_b, (float)beta, C, rs_c, cs_c);
+  else
+    mm_dgemm(M, N, K, 1.0, A, rs_a, cs_a, B, rs_b, cs_b, beta, C, rs_c, cs_c);
+}

@@ -17,6 +17,8 @@
 
 #include <stdint.h>
 
+#include "microml.h"
+
 void mm_sgemm(int64_t M, int64_t N, int64_t K, float alpha,
               const float *A, int64_t rs_a, int64_t cs_a,
               const float *B, int64_t rs_b, int64_t cs_b,
@@ -85,5 +87,11 @@ const mm_sgemm_kernel *mm_sgemm_current_kernel(void);
 /* Tuning and test hook: 0 (default) picks the path by shape, 1 forces the
    small path, 2 the packed path.  Not for production use. */
 extern int mm_sgemm_force_path;
+
+/* C = A B + beta C in either float dtype (alpha = 1): the one entry point the
+   ops use, so float32 and float64 share their calling code. */
+void mm_gemm_typed(mm_dtype dt, int64_t M, int64_t N, int64_t K, const void *A, int64_t rs_a,
+                   int64_t cs_a, const void *B, int64_t rs_b, int64_t cs_b, double beta, void *C,
+                   int64_t rs_c, int64_t cs_c);
 
 #endif

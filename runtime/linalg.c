@@ -21,15 +21,6 @@
 
 /* ---- small helpers ------------------------------------------------------------ */
 
-/* C = A B (+ C when beta is 1) on either float type. */
-static void gemm(mm_dtype dt, int64_t M, int64_t N, int64_t K, const void *A, int64_t rs_a,
-                 int64_t cs_a, const void *B, int64_t rs_b, int64_t cs_b, double beta, void *C,
-                 int64_t rs_c, int64_t cs_c) {
-  if (dt == MM_FLOAT32)
-    mm_sgemm(M, N, K, 1.0f, A, rs_a, cs_a, B, rs_b, cs_b, (float)beta, C, rs_c, cs_c);
-  else
-    mm_dgemm(M, N, K, 1.0, A, rs_a, cs_a, B, rs_b, cs_b, beta, C, rs_c, cs_c);
-}
 
 /* A contiguous copy in dtype dt.  Not recorded: the op that needs it records
  * itself on the original tensor. */
@@ -179,7 +170,7 @@ static void bmm_one(const bmm_job *j, int64_t t) {
   int64_t oa, ob, oc;
   bool first;
   batch_offsets(j, t, &oa, &ob, &oc, &first);
-  gemm(j->dt, j->M, j->N, j->K, j->A + oa * (int64_t)j->esz, j->rs_a, j->cs_a,
+  mm_gemm_typed(j->dt, j->M, j->N, j->K, j->A + oa * (int64_t)j->esz, j->rs_a, j->cs_a,
        j->B + ob * (int64_t)j->esz, j->rs_b, j->cs_b, first ? 0.0 : 1.0,
        j->C + oc * (int64_t)j->esz, j->N, 1);
 }
@@ -247,7 +238,7 @@ static mm_tensor *bmm(mm_tensor *a, mm_tensor *b, int onb, const int64_t *obatch
       rows_c == j.N && unit_stride_in_one_dim(total * j.M, j.K, rows_a, j.cs_a)) {
     /* One B for every batch and A's batches stacked evenly, e.g. [B,T,K] x [K,N]:
        a single tall GEMM, which blocks and threads far better than a loop. */
-    gemm(j.dt, total * j.M, j.N, j.K, j.A, rows_a, j.cs_a, j.B, j.rs_b, j.cs_b, 0.0, j.C, j.N,
+    mm_gemm_typed(j.dt, total * j.M, j.N, j.K, j.A, rows_a, j.cs_a, j.B, j.rs_b, j.cs_b, 0.0, j.C, j.N,
          1);
   } else if (total > 1 && ototal == 1 && collapse(j.nb, j.fb, j.sa, j.K, &ks_a) &&
              collapse(j.nb, j.fb, j.sb, j.K, &ks_b) &&
@@ -255,7 +246,7 @@ static mm_tensor *bmm(mm_tensor *a, mm_tensor *b, int onb, const int64_t *obatch
              unit_stride_in_one_dim(total * j.K, j.N, ks_b, j.cs_b)) {
     /* Summing every batch into one matrix, e.g. the weight gradient of
        [B,T,K] x [K,N]: the sum over batches is one long contraction. */
-    gemm(j.dt, j.M, j.N, total * j.K, j.A, j.rs_a, ks_a, j.B, ks_b, j.cs_b, 0.0, j.C, j.N, 1);
+    mm_gemm_typed(j.dt, j.M, j.N, total * j.K, j.A, j.rs_a, ks_a, j.B, ks_b, j.cs_b, 0.0, j.C, j.N, 1);
   } else if (ototal == total && total > 1 &&
              2.0 * (double)j.M * (double)j.N * (double)j.K < BMM_SMALL_FLOPS) {
     /* Independent small products: one per task.  Each GEMM runs the same
@@ -448,13 +439,13 @@ static int linear_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
       if (!(wo = c)) goto out;
     }
     if (!(gin[0] = mm_tensor_empty(dt, x->ndim, x->shape))) goto out;
-    gemm(dt, G.rows, in_f, out_f, G.data, G.rs, G.cs, mm_data_ptr(wo), wo->stride[0],
+    mm_gemm_typed(dt, G.rows, in_f, out_f, G.data, G.rs, G.cs, mm_data_ptr(wo), wo->stride[0],
          wo->stride[1], 0.0, mm_data_ptr(gin[0]), in_f, 1);
   }
   if (n->edges[1].needs_grad) {
     if (!(xo = as_rows(x, dt, &X))) goto out;
     if (!(gin[1] = mm_tensor_empty(dt, 2, w->shape))) goto out;
-    gemm(dt, out_f, in_f, G.rows, G.data, G.cs, G.rs, X.data, X.rs, X.cs, 0.0,
+    mm_gemm_typed(dt, out_f, in_f, G.rows, G.data, G.cs, G.rs, X.data, X.rs, X.cs, 0.0,
          mm_data_ptr(gin[1]), in_f, 1);
   }
   if (n->ninputs > 2 && n->edges[2].needs_grad) {
@@ -518,7 +509,7 @@ mm_tensor *mm_linear(mm_tensor *x, mm_tensor *w, mm_tensor *b) {
     else
       fill_rows_double(mm_data_ptr(y), X.rows, out_f, mm_data_ptr(bo), bo->stride[0]);
   }
-  gemm(dt, X.rows, out_f, in_f, X.data, X.rs, X.cs, mm_data_ptr(wo), wo->stride[1],
+  mm_gemm_typed(dt, X.rows, out_f, in_f, X.data, X.rs, X.cs, mm_data_ptr(wo), wo->stride[1],
        wo->stride[0], bo ? 1.0 : 0.0, mm_data_ptr(y), out_f, 1);
   mm_tensor_release(xo), mm_tensor_release(wo), mm_tensor_release(bo);
 
