@@ -138,6 +138,9 @@ bench: deps all
 
 # ---- install ----------------------------------------------------------------
 PREFIX ?= /usr/local
+# microml.h and the op-family headers it includes.
+PUBLIC_H := runtime/microml.h runtime/reduce.h runtime/nnops.h runtime/linalg.h \
+            runtime/combine.h runtime/io.h runtime/optim.h runtime/viz.h
 LUAVER := 5.4
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/lua/$(LUAVER)/microml \
@@ -146,7 +149,7 @@ install: all
 	install -m 755 $(PROGRAM) $(DESTDIR)$(PREFIX)/bin/microml
 	install -m 755 $(MODULE) $(DESTDIR)$(PREFIX)/lib/lua/$(LUAVER)/microml/core.so
 	install -m 644 $(LUA_SRC) $(DESTDIR)$(PREFIX)/share/lua/$(LUAVER)/microml/
-	install -m 644 runtime/microml.h $(DESTDIR)$(PREFIX)/include/microml.h
+	install -m 644 $(PUBLIC_H) $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libmicroml.a
 
 clean:

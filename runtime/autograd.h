@@ -67,8 +67,6 @@ struct mm_node {
   mm_tensor *grad_acc;
 };
 
-bool mm_grad_enabled(void);
-void mm_set_grad_enabled(bool on);
 bool mm_needs_grad(int n, mm_tensor *const *inputs);
 
 mm_node *mm_node_new(const char *name, mm_backward_fn fn, int n, mm_tensor *const *inputs);
@@ -80,10 +78,6 @@ void mm_node_release(mm_node *n);
 /* Called by mm_tensor_release for a tensor with a grad_fn. */
 void mm_autograd_detach_output(mm_tensor *t);
 
-/* backward from t with gradient g (NULL: t must have one element -> 1). */
-int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph);
-/* A new tensor sharing t's storage, cut from the graph. */
-mm_tensor *mm_detach(mm_tensor *t);
 /* Sum g down to (ndim, shape) as broadcasting's inverse. New reference. */
 mm_tensor *mm_sum_to(mm_tensor *g, int ndim, const int64_t *shape);
 /* Statistics of gradients flowing through each node (off by default). */

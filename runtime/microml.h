@@ -190,6 +190,14 @@ const char *mm_unary_name(mm_unary_op op);
 mm_tensor *mm_where(mm_tensor *cond, mm_tensor *a, mm_tensor *b);
 mm_tensor *mm_masked_fill(mm_tensor *t, mm_tensor *mask, double value);
 
+/* ---- autograd (the node structure is internal: runtime/autograd.h) ------ */
+bool mm_grad_enabled(void);
+void mm_set_grad_enabled(bool on);           /* off: ops record no graph */
+/* Backward from t with gradient g (NULL: t must have one element; g = 1).
+   Leaves that require grad accumulate into ->grad. */
+int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph);
+mm_tensor *mm_detach(mm_tensor *t);         /* shares storage, cut from the graph */
+
 /* ---- printing ------------------------------------------------------------ */
 /* Pretty-prints like PyTorch/NumPy, eliding the middle of large tensors.
    Returns a malloc'd string the caller frees, or NULL on error. */
