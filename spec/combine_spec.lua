@@ -7,24 +7,11 @@ local mm = H.mm
 
 local function f64(t) return mm.tensor(t, { dtype = "float64" }) end
 
--- A float64 leaf of the given shape with requires_grad.
-local function leaf(...)
-  return mm.randn({ ... }, { dtype = "float64", requires_grad = true })
-end
+local leaf = H.leaf
 
--- A non-contiguous float64 leaf: the transpose of a [b, a] tensor.
-local function tleaf(a, b)
-  local x = mm.randn(b, a, { dtype = "float64" }):t()
-  assert(not x:is_contiguous())
-  x.requires_grad = true
-  return x
-end
+local tleaf = H.tleaf
 
-local function live_bytes()
-  collectgarbage()
-  collectgarbage()
-  return mm.memory_stats().bytes_live
-end
+local live_bytes = H.live_bytes
 
 describe("cat", function()
   it("joins along dim 1, 2 and negative dims", function()

@@ -5,7 +5,7 @@ local H = require "helpers"
 local mm = H.mm
 
 local function f64(shape) return mm.randn(shape, { dtype = "float64" }) end
-local function leaf(shape) return mm.randn(shape, { dtype = "float64", requires_grad = true }) end
+local leaf = H.leaf
 local function pair(v) if type(v) == "table" then return v[1], v[2] end return v, v end
 
 -- Naive cross-correlation on nested tables: x[n][c][h][w], w[o][c][i][j].
@@ -42,13 +42,7 @@ local function naive_conv(x, w, b, stride, padding)
   return out
 end
 
-local function assert_same(x, y)
-  local fx, fy = H.flatten(x:totable()), H.flatten(y:totable())
-  assert.are.equal(#fx, #fy)
-  for i = 1, #fx do
-    if fx[i] ~= fy[i] then error(("element %d: %.17g vs %.17g"):format(i, fx[i], fy[i]), 2) end
-  end
-end
+local assert_same = H.assert_identical
 
 local function msg(fn)
   assert.has_error(fn)

@@ -3,13 +3,10 @@
 -- loaders (on small hand-made IDX files, and on the installed data set when
 -- it is there), and data.nest.
 local mm = require "microml"
+local H = require "helpers"
 local data = mm.data
 
-local function values(t)
-  local out = {}
-  for i = 1, t:numel() do out[i] = t:_get(i) end
-  return out
-end
+local values = H.values
 
 local function fails_with(needles, fn, ...)
   local args = table.pack(...)

@@ -41,5 +41,42 @@ function H.error_with(fn, ...)
   return err
 end
 
+-- A float64 leaf that requires grad: H.leaf(2, 3) or H.leaf({2, 3}).
+function H.leaf(...)
+  local shape = type((...)) == "table" and (...) or { ... }
+  return mm.randn(shape, { dtype = "float64", requires_grad = true })
+end
+
+-- A non-contiguous float64 leaf of shape [a, b]: the transpose of a [b, a] tensor.
+function H.tleaf(a, b)
+  local x = mm.randn(b, a, { dtype = "float64" }):t()
+  assert(not x:is_contiguous())
+  x.requires_grad = true
+  return x
+end
+
+-- Bytes in live storages once the collector has run (twice: finalisers).
+function H.live_bytes()
+  collectgarbage()
+  collectgarbage()
+  return mm.memory_stats().bytes_live
+end
+
+-- The elements of t in row-major order, as a flat Lua list.
+function H.values(t)
+  local out = {}
+  for i = 1, t:numel() do out[i] = t:_get(i) end
+  return out
+end
+
+-- Asserts two tensors are equal bit for bit (same values, same count).
+function H.assert_identical(x, y)
+  local fx, fy = flatten(x:totable()), flatten(y:totable())
+  assert.are.equal(#fx, #fy)
+  for i = 1, #fx do
+    if fx[i] ~= fy[i] then error(("element %d: %.17g vs %.17g"):format(i, fx[i], fy[i]), 2) end
+  end
+end
+
 H.mm = mm
 return H

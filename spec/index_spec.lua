@@ -9,23 +9,11 @@ local mm = H.mm
 local function f64(t) return mm.tensor(t, { dtype = "float64" }) end
 local function long(t) return mm.tensor(t, { dtype = "int64" }) end
 
-local function leaf(...)
-  return mm.randn({ ... }, { dtype = "float64", requires_grad = true })
-end
+local leaf = H.leaf
 
--- A non-contiguous float64 leaf of shape [a, b] (a transpose).
-local function tleaf(a, b)
-  local x = mm.randn(b, a, { dtype = "float64" }):t()
-  assert(not x:is_contiguous())
-  x.requires_grad = true
-  return x
-end
+local tleaf = H.tleaf
 
-local function live_bytes()
-  collectgarbage()
-  collectgarbage()
-  return mm.memory_stats().bytes_live
-end
+local live_bytes = H.live_bytes
 
 describe("index_select", function()
   local x

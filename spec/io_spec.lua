@@ -3,6 +3,7 @@
 -- through the `gzip` program), so every expectation is computed by hand
 -- from the format, not by the code under test.
 local mm = require "microml"
+local H = require "helpers"
 
 local tmpdir = os.tmpname()
 os.remove(tmpdir)
@@ -51,11 +52,7 @@ local function fails_with(needles, fn, ...)
   return msg
 end
 
-local function values(t)
-  local out = {}
-  for i = 1, t:numel() do out[i] = t:_get(i) end
-  return out
-end
+local values = H.values
 
 local function assert_same(a, b)
   assert.are.equal(a:dtype(), b:dtype())

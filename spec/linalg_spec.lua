@@ -6,7 +6,7 @@ local H = require "helpers"
 local mm = H.mm
 
 local function f64(shape) return mm.randn(shape, { dtype = "float64" }) end
-local function leaf(shape) return mm.randn(shape, { dtype = "float64", requires_grad = true }) end
+local leaf = H.leaf
 
 -- Naive C = A B on nested Lua tables (2-D).
 local function naive(A, B)
@@ -56,13 +56,7 @@ local function naive_batched(a, b)
 end
 
 -- Every element equal, bit for bit.
-local function assert_same(x, y)
-  local fx, fy = H.flatten(x:totable()), H.flatten(y:totable())
-  assert.are.equal(#fx, #fy)
-  for i = 1, #fx do
-    if fx[i] ~= fy[i] then error(("element %d: %.17g vs %.17g"):format(i, fx[i], fy[i]), 2) end
-  end
-end
+local assert_same = H.assert_identical
 
 describe("matmul forward", function()
   before_each(function() mm.manual_seed(11) end)

@@ -7,11 +7,7 @@ local H = require "helpers"
 
 local F64 = { dtype = "float64" }
 
-local function values(t)
-  local out = {}
-  for k = 1, t:numel() do out[k] = t:_get(k) end
-  return out
-end
+local values = H.values
 
 describe("Module bookkeeping", function()
   local Net = nn.Module:extend("Net")
