@@ -151,6 +151,7 @@ static void bench(const bench_case *bc, int rounds, int naive_rounds, int have_o
   run_impl(&p, NAIVE);
   memcpy(ref, p.C, sizeof(float) * p.naive_rows * N);
   run_impl(&p, MMN);
+  int path = mm_sgemm_last_path;
   double maxerr = 0;
   for (int64_t i = 0; i < p.naive_rows * N; i++) {
     double e = fabs(p.C[i] - ref[i]) / (K * 1.2e-7 + 1e-30);   /* |a|,|b| <= 1 */
@@ -192,6 +193,8 @@ static void bench(const bench_case *bc, int rounds, int naive_rounds, int have_o
   printf(" %8.1f %6.2f", med[MM1] / med[NAIVE], med[MMN] / med[MM1]);
   if (have_ob) printf(" %6.2f", med[OBN] / med[OB1]);
   else printf(" %6s", "n/a");
+  static const char *path_names[] = { "?", "small", "packed", "cols", "dots", "privB" };
+  printf("  %-6s", path_names[path >= 0 && path <= 5 ? path : 0]);
   if (maxerr > 2) printf("  ERROR %.1f x K*eps", maxerr);
   printf("\n");
   fflush(stdout);
@@ -230,9 +233,11 @@ int main(int argc, char **argv)
   printf("MicroML kernel: %s, all threads = %d; OpenBLAS: %s\n", mm_kernel_name(),
          nthreads_all, have_ob ? "linked" : "OpenBLAS not installed");
   printf("* naive measured on the first 64 rows only (a full run would take minutes)\n");
-  printf("%-14s %-20s %8s %8s %8s %8s %8s %7s %7s %8s %6s %6s\n", "case", "MxNxK", "naive",
+  printf("(mm 2T, ob 2T: all-thread over one-thread speed; path: MicroML's path at all threads: "
+         "small, packed (B shared), privB (packed, B per thread), narrow-N cols or dots)\n");
+  printf("%-14s %-20s %8s %8s %8s %8s %8s %7s %7s %8s %6s %6s  %s\n", "case", "MxNxK", "naive",
          impl_names[MM1] + 8, "mm nT", "ob 1T", "ob nT", "mm/ob1", "mm/obN", "mm/naive",
-         "mm 2T", "ob 2T");
+         "mm 2T", "ob 2T", "path");
   (void)impl_names;
   if (do_sq)
     for (size_t i = 0; i < sizeof squares / sizeof *squares; i++)

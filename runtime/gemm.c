@@ -35,9 +35,29 @@
  * between 128^3 (4.2e6 flops: 2T 89-95 vs 1T small 103) and 128x128x256
  * (8.4e6: 2T 144 vs 92), so the packed path always threads (PARALLEL_FLOPS).
  *
+ * Narrow N (N <= NARROW_N = 12, e.g. the logits layer's N = 10), or narrow
+ * M by computing C^T: row tiles 16 wide would leave 6 of 16 lanes idle, and
+ * the swap to C^T = B^T A^T used before had to pack all of the wide operand
+ * (a quarter of the time went to packing, a sixth to merging C^T's column
+ * tiles).  Two dedicated kernels read A and B in place instead:
+ *   cols: A's columns contiguous (X^T dY): 16 rows of A x up to 6 columns
+ *         of B, two passes of 5 for N = 10, every lane used;
+ *   dots: A's rows contiguous (X W): each C element a dot product along k,
+ *         B^T read in place or packed (N x K: small next to A).
+ * Measured at 128x10x128, one thread, bench/gemm_bench medians on a shared
+ * machine: X^T dY 45 -> 66-91 GFLOP/s (OpenBLAS 76-90), X W 48-50 -> 53-79
+ * (OpenBLAS 67-71); the spread is the machine's, from run to run.
+ *
+ * Threads: the compute loop is cut into 2-4 chunks per thread (at most an
+ * MC block each) that threads claim as they come free (mm_parallel_for_
+ * chunks), so a worker that wakes late or shares its core with another
+ * process delays only its last chunk; with one chunk per thread the caller
+ * waited for the slow worker's whole half.
+ *
  * Determinism: C's MR x NR tile grid is fixed by the shape alone and every
  * tile is computed the same way whichever thread does it, and K is never
- * split across threads, so results do not depend on the thread count.
+ * split across threads, so results do not depend on the thread count.  The
+ * narrow paths choose their kernel by shape only, and thread over rows.
  *
  * Relies on -ffp-contract=off (implied by -std=c11 in GCC): the edge merge
  * must round exactly like the kernels' explicit mul-then-add. */
@@ -48,11 +68,13 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define SMALL_FLOPS    (6.0e6)   /* 2*M*N*K below this: small path, one thread */
 #define PARALLEL_FLOPS (6.0e6)   /* from this on: threads */
+#define PRIVATE_B_BYTES (1 << 20) /* packed B block below this: per-thread B */
 
 /* ---- naive references ------------------------------------------------------ */
 
@@ -88,7 +110,9 @@ void mm_dgemm_naive(int64_t M, int64_t N, int64_t K, double alpha,
  * on a global list so mm_gemm_release_buffers can free them all, including
  * those of workers that have exited; bumping buf_gen invalidates the
  * thread-local pointers. */
-enum { BUF_A = 0, BUF_B = 1 };
+enum { BUF_A = 0, BUF_B = 1, BUF_BP = 2 };
+
+_Thread_local int mm_sgemm_last_path;
 typedef struct buf_node {
   void *p;
   size_t cap;
@@ -98,7 +122,7 @@ static pthread_mutex_t buf_mu = PTHREAD_MUTEX_INITIALIZER;
 static buf_node *buf_list;
 static atomic_uint buf_gen = 1;
 static _Thread_local struct {
-  buf_node *slot[2];
+  buf_node *slot[3];
   unsigned gen;
 } tls_buf;
 
@@ -107,7 +131,7 @@ static float *thread_buffer(int which, size_t nfloats)
 {
   unsigned g = atomic_load_explicit(&buf_gen, memory_order_acquire);
   if (tls_buf.gen != g) {
-    tls_buf.slot[0] = tls_buf.slot[1] = NULL;
+    tls_buf.slot[0] = tls_buf.slot[1] = tls_buf.slot[2] = NULL;
     tls_buf.gen = g;
   }
   buf_node *n = tls_buf.slot[which];
@@ -183,10 +207,51 @@ static void portable_strided(int64_t k, const float *a, int64_t rs_a, int64_t cs
   portable_tile(k, a, rs_a, cs_a, b, c, rs_c, alpha, beta);
 }
 
+/* Narrow N (see mm_sgemm_kernel.cols): up to 8 rows x 4 columns, the 8
+   rows of a column of A contiguous, so GCC vectorises along them. */
+#define PCOLS_MR 8
+#define PCOLS_NR 4
+
+static void portable_cols(int64_t m, int64_t n, int64_t k, const float *a, int64_t cs_a,
+                          const float *b, int64_t rs_b, int64_t cs_b, float *c, int64_t rs_c,
+                          int64_t cs_c, float alpha, float beta)
+{
+  float acc[PCOLS_NR][PCOLS_MR] = { { 0 } }, av[PCOLS_MR] = { 0 };
+  for (int64_t p = 0; p < k; p++, a += cs_a, b += rs_b) {
+    for (int r = 0; r < PCOLS_MR; r++) av[r] = r < m ? a[r] : 0.0f;
+    for (int j = 0; j < PCOLS_NR; j++) {
+      float bj = j < n ? b[j * cs_b] : 0.0f;
+      for (int r = 0; r < PCOLS_MR; r++) acc[j][r] += av[r] * bj;
+    }
+  }
+  for (int64_t r = 0; r < m; r++)
+    for (int64_t j = 0; j < n; j++) {
+      float *cp = c + r * rs_c + j * cs_c, v = alpha * acc[j][r];
+      *cp = beta == 0 ? v : beta == 1 ? *cp + v : beta * *cp + v;
+    }
+}
+
+/* Narrow N, row-major A and B^T: plain dot products, up to 2 x 4. */
+static void portable_dots(int64_t m, int64_t n, int64_t k, const float *a, int64_t rs_a,
+                          const float *b, int64_t cs_b, float *c, int64_t rs_c, int64_t cs_c,
+                          float alpha, float beta)
+{
+  for (int64_t r = 0; r < m; r++)
+    for (int64_t j = 0; j < n; j++) {
+      const float *ar = a + r * rs_a, *bj = b + j * cs_b;
+      float s = 0;
+      for (int64_t p = 0; p < k; p++) s += ar[p] * bj[p];
+      float *cp = c + r * rs_c + j * cs_c, v = alpha * s;
+      *cp = beta == 0 ? v : beta == 1 ? *cp + v : beta * *cp + v;
+    }
+}
+
 static const mm_sgemm_kernel kernel_portable = {
   .name = "portable", .mr = PMR, .nr = PNR,
   .mc = 144, .kc = 256, .nc = 4080,
   .packed = portable_packed, .strided = portable_strided,
+  .cols = portable_cols, .cols_mr = PCOLS_MR, .cols_nr = PCOLS_NR,
+  .dots = portable_dots, .dots_mr = 2, .dots_nr = 4,
 };
 
 static const mm_sgemm_kernel *current_kernel(void)
@@ -360,7 +425,16 @@ static void pack_b_task(void *vctx, int64_t q0, int64_t q1)
 /* Rows [i0, i1) of C against columns [j0, j1) of the current B block.
    Without an A buffer (out of memory) the kernel reads A in place instead:
    slower, same result. */
+static void block_rows_cols_b(const sgemm_job *g, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                              const float *bpack);
 static void block_rows_cols(const sgemm_job *g, int64_t i0, int64_t i1, int64_t j0, int64_t j1)
+{
+  block_rows_cols_b(g, i0, i1, j0, j1, g->bpack);
+}
+
+/* The same with B panels packed at bpack (panel jr at bpack + jr*kc). */
+static void block_rows_cols_b(const sgemm_job *g, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                              const float *bpack)
 {
   const mm_sgemm_kernel *kr = g->kr;
   const int MR = kr->mr, NR = kr->nr;
@@ -374,7 +448,7 @@ static void block_rows_cols(const sgemm_job *g, int64_t i0, int64_t i1, int64_t 
     if (apack) pack_a(kr, mc, kc, a_blk, g->rs_a, g->cs_a, apack);
     for (int64_t jr = j0; jr < j1; jr += NR) {
       int64_t nr = j1 - jr < NR ? j1 - jr : NR;
-      const float *bp = g->bpack + jr * kc;
+      const float *bp = bpack + jr * kc;
       for (int64_t ir = 0; ir < mc; ir += MR) {
         int64_t mr = mc - ir < MR ? mc - ir : MR;
         float *c = g->C + (ic + ir) * g->rs_c + (g->jc + jr) * g->cs_c;
@@ -395,6 +469,28 @@ static void block_rows_cols(const sgemm_job *g, int64_t i0, int64_t i1, int64_t 
       }
     }
   }
+}
+
+/* Column panels [t0, t1) of the current B block against all of A, this
+   thread packing its own B columns into its private buffer: no barrier
+   between packing and computing, and no B panel packed by one core and read
+   by the other (see sgemm_packed). */
+static void private_b_task(void *vctx, int64_t t0, int64_t t1)
+{
+  sgemm_job *g = vctx;
+  int NR = g->kr->nr;
+  int64_t j0 = t0 * NR, j1 = t1 * NR < g->nc ? t1 * NR : g->nc;
+  float *bp = thread_buffer(BUF_BP, (size_t)g->kc_step * (t1 - t0) * NR);
+  if (!bp) {   /* out of memory: the kernel path that needs no B buffer */
+    for (int64_t j = j0; j < j1; j++)
+      mm_sgemm_naive(g->M, 1, g->kc, g->alpha, g->A + g->pc * g->cs_a, g->rs_a, g->cs_a,
+                     g->B + g->pc * g->rs_b + (g->jc + j) * g->cs_b, g->rs_b, g->cs_b, g->beta,
+                     g->C + (g->jc + j) * g->cs_c, g->rs_c, g->cs_c);
+    return;
+  }
+  pack_b(g->kr, g->kc, j1 - j0, g->B + g->pc * g->rs_b + (g->jc + j0) * g->cs_b, g->rs_b,
+         g->cs_b, bp);
+  block_rows_cols_b(g, 0, g->M, j0, j1, bp - j0 * g->kc);
 }
 
 static void compute_task(void *vctx, int64_t t0, int64_t t1)
@@ -425,12 +521,31 @@ static int sgemm_packed(sgemm_job *g, int threads)
     int64_t n_panels = (g->nc + kr->nr - 1) / kr->nr;
     int64_t m_panels = (g->M + kr->mr - 1) / kr->mr;
     g->split_n = m_panels < 4 * nt && n_panels > m_panels;
+    /* Chunks of at most an MC block each, and 2 to 4 per thread: threads
+       claim them as they come free, so a thread slowed down by another
+       process on its core (a shared machine) costs only its last chunk. */
+    int64_t tasks = g->split_n ? n_panels : m_panels, per_blk = kr->mc / kr->mr;
+    int64_t cpt = (tasks + nt * per_blk - 1) / (nt * per_blk);
+    int64_t chunks = nt * (cpt < 2 ? 2 : cpt > 4 ? 4 : cpt);
+    /* Mid sizes (the B block under 1 MiB, one core's L2): each thread packs
+       the B panels of its own columns and runs all of A against them.  A
+       shared B block needs a barrier between packing and computing, and
+       half of it, packed by the other core, crosses between the L2s: at
+       128x256x128 that cost a third of the time (2 threads 120-136 GFLOP/s
+       shared, 158-173 private, one thread 101).  For bigger B blocks, which
+       stream from L3 either way, the shared block measured 2-6% faster at
+       1024^3 and packs A once instead of once per thread. */
+    int private_b = nt > 1 && n_panels >= nt &&
+                    (double)g->kc_step * g->nc * sizeof(float) < PRIVATE_B_BYTES;
+    if (private_b) mm_sgemm_last_path = MM_SGEMM_PATH_PACKED_PRIVATE_B;
     for (g->pc = 0; g->pc < g->K; g->pc += g->kc_step) {
       g->kc = g->K - g->pc < g->kc_step ? g->K - g->pc : g->kc_step;
       g->beta = g->pc == 0 ? beta0 : 1.0f;
-      if (nt > 1) {
+      if (private_b) {
+        mm_parallel_for(n_panels, private_b_task, g);
+      } else if (nt > 1) {
         mm_parallel_for(n_panels, pack_b_task, g);
-        mm_parallel_for(g->split_n ? n_panels : m_panels, compute_task, g);
+        mm_parallel_for_chunks(tasks, chunks, compute_task, g);
       } else {
         pack_b_task(g, 0, n_panels);
         compute_task(g, 0, g->split_n ? n_panels : m_panels);
@@ -485,6 +600,98 @@ static int sgemm_small(sgemm_job *g)
   return 0;
 }
 
+/* ---- the narrow-N path ----------------------------------------------------------
+ * N of a few columns (the logits layer: N = 10) and A with contiguous
+ * columns: the kernel's column tiles read A and B in place, nothing is
+ * packed.  Tasks are blocks of cols_mr rows; each covers all of N in column
+ * groups of equal width, while its rows of A are still in L1. */
+typedef struct {
+  const mm_sgemm_kernel *kr;
+  int64_t M, N, K, nb;
+  float alpha, beta;
+  const float *A, *B;
+  int64_t cs_a, rs_b, cs_b, rs_c, cs_c;
+  float *C;
+} cols_job;
+
+static void cols_task(void *vctx, int64_t t0, int64_t t1)
+{
+  const cols_job *g = vctx;
+  const int64_t MR = g->kr->cols_mr;
+  for (int64_t t = t0; t < t1; t++) {
+    int64_t i0 = t * MR, m = g->M - i0 < MR ? g->M - i0 : MR;
+    for (int64_t j0 = 0; j0 < g->N; j0 += g->nb) {
+      int64_t n = g->N - j0 < g->nb ? g->N - j0 : g->nb;
+      g->kr->cols(m, n, g->K, g->A + i0, g->cs_a, g->B + j0 * g->cs_b, g->rs_b, g->cs_b,
+                  g->C + i0 * g->rs_c + j0 * g->cs_c, g->rs_c, g->cs_c, g->alpha, g->beta);
+    }
+  }
+}
+
+static void sgemm_cols(cols_job *g, int threads)
+{
+  int64_t groups = (g->N + g->kr->cols_nr - 1) / g->kr->cols_nr;
+  g->nb = (g->N + groups - 1) / groups;
+  int64_t ntasks = (g->M + g->kr->cols_mr - 1) / g->kr->cols_mr;
+  if (threads) mm_parallel_for(ntasks, cols_task, g);
+  else cols_task(g, 0, ntasks);
+}
+
+/* The dot-product variant: A's rows and B's columns contiguous (B^T is
+   packed when they are not: N x K floats, small next to the M x K of A). */
+typedef struct {
+  const mm_sgemm_kernel *kr;
+  int64_t M, N, K, nb;
+  float alpha, beta;
+  const float *A, *Bt;
+  int64_t rs_a, rs_bt, rs_c, cs_c;
+  float *C;
+} dots_job;
+
+static void dots_task(void *vctx, int64_t t0, int64_t t1)
+{
+  const dots_job *g = vctx;
+  const int64_t MR = g->kr->dots_mr;
+  for (int64_t t = t0; t < t1; t++) {
+    int64_t i0 = t * MR, m = g->M - i0 < MR ? g->M - i0 : MR;
+    for (int64_t j0 = 0; j0 < g->N; j0 += g->nb) {
+      int64_t n = g->N - j0 < g->nb ? g->N - j0 : g->nb;
+      g->kr->dots(m, n, g->K, g->A + i0 * g->rs_a, g->rs_a, g->Bt + j0 * g->rs_bt, g->rs_bt,
+                  g->C + i0 * g->rs_c + j0 * g->cs_c, g->rs_c, g->cs_c, g->alpha, g->beta);
+    }
+  }
+}
+
+/* Returns -1 if B^T had to be packed and there was no memory for it. */
+static int sgemm_dots(dots_job *g, int64_t rs_b, int64_t cs_b, int threads)
+{
+  if (rs_b != 1) {
+    float *bt = thread_buffer(BUF_B, (size_t)g->N * g->K);
+    if (!bt) return -1;
+    if (g->kr->pack_bt) {
+      g->kr->pack_bt(g->K, g->N, g->Bt, rs_b, cs_b, bt);
+    } else {
+      for (int64_t p = 0; p < g->K; p++)
+        for (int64_t j = 0; j < g->N; j++) bt[j * g->K + p] = g->Bt[p * rs_b + j * cs_b];
+    }
+    g->Bt = bt;
+    g->rs_bt = g->K;
+  } else {
+    g->rs_bt = cs_b;
+  }
+  int64_t groups = (g->N + g->kr->dots_nr - 1) / g->kr->dots_nr;
+  g->nb = (g->N + groups - 1) / groups;
+  int64_t ntasks = (g->M + g->kr->dots_mr - 1) / g->kr->dots_mr;
+  if (threads) mm_parallel_for(ntasks, dots_task, g);
+  else dots_task(g, 0, ntasks);
+  return 0;
+}
+
+/* N at most this many columns (and A's columns contiguous) takes the
+   narrow path; from about 3/4 of a 16-wide tile on, the row tiles waste
+   little and share the packed A blocks better. */
+#define NARROW_N 12
+
 /* The fraction of tiles of width w that n fills. */
 static double tile_fill(int64_t n, int w)
 {
@@ -500,6 +707,7 @@ void mm_sgemm(int64_t M, int64_t N, int64_t K, float alpha,
               const float *B, int64_t rs_b, int64_t cs_b,
               float beta, float *C, int64_t rs_c, int64_t cs_c)
 {
+  mm_sgemm_last_path = 0;
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0) {
     scale_c(M, N, beta, C, rs_c, cs_c);
@@ -507,6 +715,40 @@ void mm_sgemm(int64_t M, int64_t N, int64_t K, float alpha,
   }
   const mm_sgemm_kernel *kr = current_kernel();
   double flops = 2.0 * M * N * K;
+  if (kr->cols && (mm_sgemm_force_path == 0 || mm_sgemm_force_path == 3)) {
+    int64_t lim = mm_sgemm_force_path == 3 ? INT64_MAX : NARROW_N;
+    /* C itself when its N is narrow and A has contiguous columns; else C^T
+       = B^T A^T when M is narrow and B has contiguous rows. */
+    int direct = N <= lim && rs_a == 1 && (M >= N || cs_b != 1);
+    if (direct || (M <= lim && cs_b == 1)) {
+      cols_job g = {
+        .kr = kr, .M = direct ? M : N, .N = direct ? N : M, .K = K,
+        .alpha = alpha, .beta = beta, .A = direct ? A : B, .B = direct ? B : A,
+        .cs_a = direct ? cs_a : rs_b, .rs_b = direct ? rs_b : cs_a,
+        .cs_b = direct ? cs_b : rs_a, .C = C, .rs_c = direct ? rs_c : cs_c,
+        .cs_c = direct ? cs_c : rs_c,
+      };
+      sgemm_cols(&g, flops >= PARALLEL_FLOPS);
+      mm_sgemm_last_path = MM_SGEMM_PATH_COLS;
+      return;
+    }
+    /* The same with row-major A (B^T row-major or packed), or its
+       transpose with column-major B. */
+    direct = N <= lim && cs_a == 1 && (M >= N || rs_b != 1);
+    if (direct || (M <= lim && rs_b == 1)) {
+      dots_job g = {
+        .kr = kr, .M = direct ? M : N, .N = direct ? N : M, .K = K,
+        .alpha = alpha, .beta = beta, .A = direct ? A : B, .Bt = direct ? B : A,
+        .rs_a = direct ? rs_a : cs_b, .C = C, .rs_c = direct ? rs_c : cs_c,
+        .cs_c = direct ? cs_c : rs_c,
+      };
+      if (sgemm_dots(&g, direct ? rs_b : cs_a, direct ? cs_b : rs_a,
+                     flops >= PARALLEL_FLOPS) == 0) {
+        mm_sgemm_last_path = MM_SGEMM_PATH_DOTS;
+        return;
+      }
+    }
+  }
   int small = mm_sgemm_force_path ? mm_sgemm_force_path == 1 : flops < SMALL_FLOPS;
   /* Compute C^T = B^T A^T instead when C is column-major (so the kernels
      store rows), or, on the small path, when N is narrower than the tile
@@ -527,6 +769,7 @@ void mm_sgemm(int64_t M, int64_t N, int64_t K, float alpha,
     .A = A, .B = B, .rs_a = rs_a, .cs_a = cs_a, .rs_b = rs_b, .cs_b = cs_b,
     .C = C, .rs_c = rs_c, .cs_c = cs_c,
   };
+  mm_sgemm_last_path = small ? MM_SGEMM_PATH_SMALL : MM_SGEMM_PATH_PACKED;
   int rc = small ? sgemm_small(&g) : sgemm_packed(&g, flops >= PARALLEL_FLOPS);
   if (rc != 0)   /* out of memory for packing buffers: slow but correct */
     mm_sgemm_naive(M, N, K, alpha, A, rs_a, cs_a, B, rs_b, cs_b, beta, C, rs_c, cs_c);

@@ -70,6 +70,26 @@ typedef struct mm_sgemm_kernel {
                  float *dst);
   void (*pack_b)(int64_t kc, int64_t nc, const float *B, int64_t rs_b, int64_t cs_b,
                  float *dst);
+  /* Narrow-N path (NULL: none): the whole of C[m x n] = alpha*A*B + beta*C
+     for m <= cols_mr, n <= cols_nr, k of any length, where A's columns are
+     contiguous (element (i,p) at a[i + p*cs_a]) and B and C have any
+     strides; nothing is packed.  Used when N is much narrower than a tile. */
+  void (*cols)(int64_t m, int64_t n, int64_t k, const float *a, int64_t cs_a,
+               const float *b, int64_t rs_b, int64_t cs_b, float *c, int64_t rs_c,
+               int64_t cs_c, float alpha, float beta);
+  int cols_mr, cols_nr;
+  /* The other narrow-N case (NULL: none): the same C[m x n] for m <=
+     dots_mr, n <= dots_nr, but A's rows are contiguous (a[i*rs_a + p]) and
+     so are B's columns (b[j*cs_b + p]: B^T row-major, in place or packed);
+     each element is a dot product along k. */
+  void (*dots)(int64_t m, int64_t n, int64_t k, const float *a, int64_t rs_a,
+               const float *b, int64_t cs_b, float *c, int64_t rs_c, int64_t cs_c,
+               float alpha, float beta);
+  int dots_mr, dots_nr;
+  /* B^T packer for dots (NULL: the generic one): dst[j*k + p] =
+     B[p*rs_b + j*cs_b] for p < k, j < n. */
+  void (*pack_bt)(int64_t k, int64_t n, const float *B, int64_t rs_b, int64_t cs_b,
+                  float *dst);
 } mm_sgemm_kernel;
 
 /* Limits every kernel respects: the driver keeps an mr x nr tile and, when
@@ -85,8 +105,14 @@ extern const mm_sgemm_kernel mm_sgemm_kernel_avx2;     /* gemm_avx2.c */
 const mm_sgemm_kernel *mm_sgemm_current_kernel(void);
 
 /* Tuning and test hook: 0 (default) picks the path by shape, 1 forces the
-   small path, 2 the packed path.  Not for production use. */
+   small path, 2 the packed path, 3 the narrow-N path where the operands
+   allow it (else as 0).  Not for production use. */
 extern int mm_sgemm_force_path;
+
+/* Test hook: the path the calling thread's last mm_sgemm took. */
+enum { MM_SGEMM_PATH_SMALL = 1, MM_SGEMM_PATH_PACKED = 2, MM_SGEMM_PATH_COLS = 3,
+       MM_SGEMM_PATH_DOTS = 4, MM_SGEMM_PATH_PACKED_PRIVATE_B = 5 /* threads pack own B */ };
+extern _Thread_local int mm_sgemm_last_path;
 
 /* C = A B + beta C in either float dtype (alpha = 1): the one entry point the
    ops use, so float32 and float64 share their calling code. */

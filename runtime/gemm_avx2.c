@@ -29,10 +29,11 @@ void tile_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
   simde__m256 c40 = simde_mm256_setzero_ps(), c41 = simde_mm256_setzero_ps();
   simde__m256 c50 = simde_mm256_setzero_ps(), c51 = simde_mm256_setzero_ps();
 
-  for (int r = 0; r < MR; r++) {          /* C is needed at the end: fetch it now */
-    __builtin_prefetch(c + r * rs_c, 1, 3);
-    __builtin_prefetch(c + r * rs_c + NR - 1, 1, 3);
-  }
+  if (k > 32)   /* C is needed at the end: fetch it now (for short k, the 12 */
+    for (int r = 0; r < MR; r++) {   /* instructions cost more than they hide) */
+      __builtin_prefetch(c + r * rs_c, 1, 3);
+      __builtin_prefetch(c + r * rs_c + NR - 1, 1, 3);
+    }
 
 #pragma GCC unroll 4
   for (int64_t p = 0; p < k; p++) {
@@ -61,8 +62,11 @@ void tile_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
                              { c30, c31 }, { c40, c41 }, { c50, c51 } };
   for (int r = 0; r < MR; r++) {
     float *cr = c + r * rs_c;
-    simde__m256 t0 = simde_mm256_mul_ps(va, acc[r][0]);
-    simde__m256 t1 = simde_mm256_mul_ps(va, acc[r][1]);
+    simde__m256 t0 = acc[r][0], t1 = acc[r][1];
+    if (alpha != 1.0f) {   /* 1 * x is x exactly: skipping it changes no bit */
+      t0 = simde_mm256_mul_ps(va, t0);
+      t1 = simde_mm256_mul_ps(va, t1);
+    }
     if (beta == 0.0f) {
     } else if (beta == 1.0f) {
       t0 = simde_mm256_add_ps(simde_mm256_loadu_ps(cr), t0);
@@ -170,6 +174,219 @@ static void pack_b(int64_t kc, int64_t nc, const float *B, int64_t rs_b, int64_t
  }
 }
 
+/* ---- narrow N: column tiles -------------------------------------------------
+ * C (m <= 16 rows, n <= 6 columns) = alpha * A B + beta C for an A whose
+ * columns are contiguous (element (i,p) at a[i + p*cs_a]: the transposed X
+ * of a backward X^T dY), read in place.  The roles of the 6 x 16 kernel
+ * swapped: 16 rows of A are two vector loads, each of the n columns of B is
+ * one broadcast, 2n FMAs per k step; C comes out as columns and is written
+ * through a small buffer.  For N = 10 this fills every lane (two passes of
+ * 5 columns), where row tiles 16 wide would waste 6 of 16 and the swapped
+ * problem C^T = B^T A^T would first have to pack all of A. */
+static inline __attribute__((always_inline))
+void cols_tile(int NB, int full, int64_t m, int64_t k, const float *a, int64_t cs_a,
+               const float *b, int64_t rs_b, int64_t cs_b, float *c, int64_t rs_c,
+               int64_t cs_c, float alpha, float beta)
+{
+  /* Named accumulators, not an array: GCC kept an acc[6][2] array on the
+     stack and stored it back on every k step (half the time of the loop). */
+  simde__m256 z = simde_mm256_setzero_ps();
+  simde__m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;
+  simde__m256 c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
+  simde__m256i m0 = simde_mm256_setzero_si256(), m1 = m0;
+  if (!full) {   /* rows past m are masked off: never read, come out 0 */
+    simde__m256i lane = simde_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    m0 = simde_mm256_cmpgt_epi32(simde_mm256_set1_epi32((int)m), lane);
+    m1 = simde_mm256_cmpgt_epi32(simde_mm256_set1_epi32((int)m - 8), lane);
+  }
+#define COL_STEP(J, A0, A1)                                                 \
+  if (NB > J) {                                                             \
+    simde__m256 bv = simde_mm256_broadcast_ss(b + J * cs_b);                \
+    A0 = simde_mm256_fmadd_ps(a0, bv, A0);                                  \
+    A1 = simde_mm256_fmadd_ps(a1, bv, A1);                                  \
+  }
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < k; p++) {
+    simde__m256 a0 = full ? simde_mm256_loadu_ps(a) : simde_mm256_maskload_ps(a, m0);
+    simde__m256 a1 = full ? simde_mm256_loadu_ps(a + 8) : simde_mm256_maskload_ps(a + 8, m1);
+    COL_STEP(0, c00, c01) COL_STEP(1, c10, c11) COL_STEP(2, c20, c21)
+    COL_STEP(3, c30, c31) COL_STEP(4, c40, c41) COL_STEP(5, c50, c51)
+    a += cs_a;
+    b += rs_b;
+  }
+#undef COL_STEP
+  /* alpha first, then the merge in the driver's order (see merge_tile). */
+  float t[6][16] __attribute__((aligned(32)));
+  simde__m256 va = simde_mm256_set1_ps(alpha);
+  simde__m256 acc[6][2] = { { c00, c01 }, { c10, c11 }, { c20, c21 },
+                            { c30, c31 }, { c40, c41 }, { c50, c51 } };
+  for (int j = 0; j < NB; j++) {
+    simde_mm256_store_ps(t[j], simde_mm256_mul_ps(va, acc[j][0]));
+    simde_mm256_store_ps(t[j] + 8, simde_mm256_mul_ps(va, acc[j][1]));
+  }
+  for (int64_t r = 0; r < m; r++) {
+    float *cr = c + r * rs_c;
+    for (int j = 0; j < NB; j++) {
+      float *cp = cr + j * cs_c, v = t[j][r];
+      *cp = beta == 0 ? v : beta == 1 ? *cp + v : beta * *cp + v;
+    }
+  }
+}
+
+static void ukr_cols(int64_t m, int64_t n, int64_t k, const float *a, int64_t cs_a,
+                     const float *b, int64_t rs_b, int64_t cs_b, float *c, int64_t rs_c,
+                     int64_t cs_c, float alpha, float beta)
+{
+#define COLS_CASE(NB)                                                                      \
+  case NB:                                                                                 \
+    if (m == 16) cols_tile(NB, 1, 16, k, a, cs_a, b, rs_b, cs_b, c, rs_c, cs_c, alpha, beta); \
+    else cols_tile(NB, 0, m, k, a, cs_a, b, rs_b, cs_b, c, rs_c, cs_c, alpha, beta);       \
+    break;
+  switch (n) {
+  COLS_CASE(1) COLS_CASE(2) COLS_CASE(3) COLS_CASE(4) COLS_CASE(5) COLS_CASE(6)
+  default: break;
+  }
+#undef COLS_CASE
+}
+
+/* ---- narrow N: dot products -------------------------------------------------
+ * C (m <= 2 rows, n <= 6 columns) for a row-major A (the forward X W of a
+ * logits layer) and B^T row-major: each C element is a dot product along k,
+ * 8 products per lane, so every FMA lane is used whatever N is.  2 x n
+ * accumulators; per 8 steps of k, 2 loads of A and n of B for 2n FMAs.  The
+ * lanes are summed at the end with horizontal adds (in a fixed order: the
+ * result does not depend on the thread count). */
+
+/* Keep a loaded vector in a register: left alone, GCC folds the load of
+   B into each of the R FMAs that use it, R loads where one will do, and
+   the loop becomes load-bound (measured: 2 x 5 tile, 12 loads per 10 FMAs). */
+#if defined(__AVX__) && !defined(SIMDE_NO_NATIVE)
+#define REG_BARRIER(v) __asm__("" : "+x"(v))
+#else
+#define REG_BARRIER(v) ((void)0)
+#endif
+
+/* Sum of the 8 lanes of each of v[0..3], as one 4-lane vector. */
+static inline __attribute__((always_inline)) simde__m128 hsum4(simde__m256 v0, simde__m256 v1,
+                                                              simde__m256 v2, simde__m256 v3)
+{
+  simde__m256 h = simde_mm256_hadd_ps(simde_mm256_hadd_ps(v0, v1), simde_mm256_hadd_ps(v2, v3));
+  return simde_mm_add_ps(simde_mm256_castps256_ps128(h), simde_mm256_extractf128_ps(h, 1));
+}
+
+/* alpha * v, merged into n <= 4 consecutive elements of C (stride cs_c) in
+   the driver's order (see merge_tile); one vector op when they are
+   contiguous and all 4 are wanted. */
+static inline __attribute__((always_inline))
+void merge4(simde__m128 v, int n, float *c, int64_t cs_c, float alpha, float beta)
+{
+  v = simde_mm_mul_ps(simde_mm_set1_ps(alpha), v);
+  if (n == 4 && cs_c == 1) {
+    if (beta == 1.0f) v = simde_mm_add_ps(simde_mm_loadu_ps(c), v);
+    else if (beta != 0.0f)
+      v = simde_mm_add_ps(simde_mm_mul_ps(simde_mm_set1_ps(beta), simde_mm_loadu_ps(c)), v);
+    simde_mm_storeu_ps(c, v);
+    return;
+  }
+  float t[4] __attribute__((aligned(16)));
+  simde_mm_store_ps(t, v);
+  for (int j = 0; j < n; j++) {
+    float *cp = c + j * cs_c;
+    *cp = beta == 0 ? t[j] : beta == 1 ? *cp + t[j] : beta * *cp + t[j];
+  }
+}
+
+static inline __attribute__((always_inline))
+void dots_tile(int R, int NB, int64_t k, const float *a, int64_t rs_a, const float *b,
+               int64_t cs_b, float *c, int64_t rs_c, int64_t cs_c, float alpha, float beta)
+{
+  /* Named accumulators (row r, column j: srj), not an array, so that they
+     stay in registers (see cols_tile). */
+  simde__m256 z = simde_mm256_setzero_ps();
+  simde__m256 s00 = z, s01 = z, s02 = z, s03 = z, s04 = z, s05 = z;
+  simde__m256 s10 = z, s11 = z, s12 = z, s13 = z, s14 = z, s15 = z;
+#define DOT_STEP(J, S0, S1, LOAD)                                           \
+  if (NB > J) {                                                             \
+    simde__m256 bv = LOAD(b + J * cs_b + p);                                \
+    REG_BARRIER(bv);                                                        \
+    S0 = simde_mm256_fmadd_ps(a0, bv, S0);                                  \
+    if (R > 1) S1 = simde_mm256_fmadd_ps(a1, bv, S1);                       \
+  }
+#define DOT_ALL(LOAD)                                                       \
+  DOT_STEP(0, s00, s10, LOAD) DOT_STEP(1, s01, s11, LOAD)                   \
+  DOT_STEP(2, s02, s12, LOAD) DOT_STEP(3, s03, s13, LOAD)                   \
+  DOT_STEP(4, s04, s14, LOAD) DOT_STEP(5, s05, s15, LOAD)
+  int64_t p = 0;
+  for (; p + 8 <= k; p += 8) {
+    simde__m256 a0 = simde_mm256_loadu_ps(a + p);
+    simde__m256 a1 = R > 1 ? simde_mm256_loadu_ps(a + rs_a + p) : z;
+#define LOADU(q) simde_mm256_loadu_ps(q)
+    DOT_ALL(LOADU)
+#undef LOADU
+  }
+  if (p < k) {   /* the last k % 8 steps, the other lanes masked off (read as 0) */
+    simde__m256i mask = simde_mm256_cmpgt_epi32(simde_mm256_set1_epi32((int)(k - p)),
+                                                 simde_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    simde__m256 a0 = simde_mm256_maskload_ps(a + p, mask);
+    simde__m256 a1 = R > 1 ? simde_mm256_maskload_ps(a + rs_a + p, mask) : z;
+#define LOADM(q) simde_mm256_maskload_ps(q, mask)
+    DOT_ALL(LOADM)
+#undef LOADM
+  }
+#undef DOT_ALL
+#undef DOT_STEP
+  merge4(hsum4(s00, s01, s02, s03), NB < 4 ? NB : 4, c, cs_c, alpha, beta);
+  if (R > 1) merge4(hsum4(s10, s11, s12, s13), NB < 4 ? NB : 4, c + rs_c, cs_c, alpha, beta);
+  if (NB > 4) {   /* columns 4 and 5 of both rows in one reduction */
+    simde__m128 v = simde_mm_mul_ps(simde_mm_set1_ps(alpha), hsum4(s04, s14, s05, s15));
+    float t[4] __attribute__((aligned(16)));
+    simde_mm_store_ps(t, v);
+    for (int r = 0; r < R; r++)
+      for (int j = 4; j < NB; j++) {
+        float *cp = c + r * rs_c + j * cs_c, x = t[r + 2 * (j - 4)];
+        *cp = beta == 0 ? x : beta == 1 ? *cp + x : beta * *cp + x;
+      }
+  }
+}
+
+static void ukr_dots(int64_t m, int64_t n, int64_t k, const float *a, int64_t rs_a,
+                     const float *b, int64_t cs_b, float *c, int64_t rs_c, int64_t cs_c,
+                     float alpha, float beta)
+{
+#define DOTS_CASE(NB)                                                                       \
+  case NB:                                                                                  \
+    if (m == 2) dots_tile(2, NB, k, a, rs_a, b, cs_b, c, rs_c, cs_c, alpha, beta);          \
+    else dots_tile(1, NB, k, a, rs_a, b, cs_b, c, rs_c, cs_c, alpha, beta);                 \
+    break;
+  switch (n) {
+  DOTS_CASE(1) DOTS_CASE(2) DOTS_CASE(3) DOTS_CASE(4) DOTS_CASE(5) DOTS_CASE(6)
+  default: break;
+  }
+#undef DOTS_CASE
+}
+
+/* B^T for the dot-product tiles, 8 x 8 blocks transposed in registers when
+   B's rows are contiguous (the row-major W of X W); the scalar copy spent
+   a tenth of a 128x10x128 product. */
+static void pack_bt(int64_t k, int64_t n, const float *B, int64_t rs_b, int64_t cs_b, float *dst)
+{
+ int64_t j0 = 0;
+ if (cs_b == 1)
+  for (; j0 + 8 <= n; j0 += 8) {
+   int64_t p = 0;
+   for (; p + 8 <= k; p += 8) {
+    simde__m256 r[8];
+    for (int q = 0; q < 8; q++) r[q] = simde_mm256_loadu_ps(B + (p + q) * rs_b + j0);
+    transpose8(r);   /* r[q] = column j0+q, rows p..p+7 */
+    for (int q = 0; q < 8; q++) simde_mm256_storeu_ps(dst + (j0 + q) * k + p, r[q]);
+   }
+   for (; p < k; p++)
+    for (int q = 0; q < 8; q++) dst[(j0 + q) * k + p] = B[p * rs_b + j0 + q];
+  }
+ for (int64_t p = 0; p < k; p++)
+  for (int64_t j = j0; j < n; j++) dst[j * k + p] = B[p * rs_b + j * cs_b];
+}
+
 static void ukr_packed(int64_t k, const float *a, const float *b,
                        float *c, int64_t rs_c, float alpha, float beta)
 {
@@ -188,4 +405,6 @@ const mm_sgemm_kernel mm_sgemm_kernel_avx2 = {
   .mc = 144, .kc = 256, .nc = 4080,
   .packed = ukr_packed, .strided = ukr_strided,
   .pack_a = pack_a, .pack_b = pack_b,
+  .cols = ukr_cols, .cols_mr = 16, .cols_nr = 6,
+  .dots = ukr_dots, .dots_mr = 2, .dots_nr = 6, .pack_bt = pack_bt,
 };

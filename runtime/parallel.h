@@ -1,8 +1,8 @@
 /* parallel.h — a small persistent pthread pool for data-parallel loops.
  *
  * Owns: the worker threads and the thread count.  Every parallel kernel in
- * the runtime (GEMM, elementwise ops) goes through mm_parallel_for, so there
- * is one pool and one knob.  No OpenMP: plain mutex/condvar plus C11 atomics,
+ * the runtime (GEMM, elementwise ops) goes through mm_parallel_for(_chunks),
+ * so there is one pool and one knob.  No OpenMP: plain mutex/condvar plus C11 atomics,
  * so that ThreadSanitizer understands every synchronisation.
  *
  * Thread count: MICROML_NUM_THREADS from the environment at first use, else
@@ -23,13 +23,20 @@ int mm_get_num_threads(void);
 /* The body of a parallel loop: handle tasks [task_begin, task_end). */
 typedef void (*mm_parallel_fn)(void *ctx, int64_t task_begin, int64_t task_end);
 
-/* Run fn over the tasks [0, ntasks), split into at most mm_get_num_threads()
-   contiguous chunks (chunk t of n is [ntasks*t/n, ntasks*(t+1)/n)), chunk 0 on
-   the calling thread, and return when all are done.  Runs fn(ctx, 0, ntasks)
-   inline when there is one thread or one task, or when called from inside a
-   running mm_parallel_for (nested) or while another thread is using the pool.
-   The split depends only on ntasks and the thread count, so a kernel whose
-   result per task does not depend on the chunking is deterministic. */
+/* Run fn over the tasks [0, ntasks), split into nchunks contiguous chunks
+   (chunk c is [ntasks*c/nchunks, ntasks*(c+1)/nchunks); nchunks is clamped
+   to [1, ntasks]), and return when all are done.  Threads claim chunks as
+   they become free (the calling thread too), so a slow or descheduled
+   worker does not hold the caller up; which thread runs a chunk is not
+   defined, so fn must compute the same thing whichever thread calls it.
+   Runs the chunks inline, in order, when there is one thread or one chunk,
+   or when called from inside a running loop (nested) or while another
+   thread is using the pool.  The calls fn receives depend only on ntasks
+   and nchunks, so a kernel whose result per task does not depend on the
+   chunking is deterministic. */
+void mm_parallel_for_chunks(int64_t ntasks, int64_t nchunks, mm_parallel_fn fn, void *ctx);
+
+/* mm_parallel_for_chunks with one chunk per thread (mm_get_num_threads()). */
 void mm_parallel_for(int64_t ntasks, mm_parallel_fn fn, void *ctx);
 
 /* Stop and join the worker threads (they restart on demand).  For leak

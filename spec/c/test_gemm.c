@@ -5,8 +5,10 @@
  * transpose combinations; padded (lda > cols) and general strided operands,
  * column-major C, zero strides on dimensions of size 1; alpha and beta of 0,
  * 1 and other values, with beta == 0 over a NaN-filled C; NaN/inf
- * propagation; both the small and the packed path for every shape; 1 vs 2
- * threads bitwise identical; mm_dgemm.  Elements of C's allocation outside
+ * propagation; both the small and the packed path for every shape; the
+ * narrow-N paths (column tiles, dot products) for narrow N and narrow M,
+ * checking which path ran; 1 vs 2 threads bitwise identical (narrow paths
+ * too); the pool's chunking (mm_parallel_for_chunks); mm_dgemm.  Elements of C's allocation outside
  * the view must be left alone.
  *
  * Tolerance per element: the standard bound for a length-K dot product,
@@ -22,6 +24,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -104,7 +107,7 @@ static void describe(char *buf, size_t n, const gcase *c, const char *path)
 /* Compare mm_sgemm (on the given path) with the naive loop for one case. */
 static void check_sgemm(const gcase *c, int path)
 {
-  static const char *path_name[] = { "auto", "small", "packed" };
+  static const char *path_name[] = { "auto", "small", "packed", "narrow" };
   mat A = mat_new(c->M, c->K, c->la), B = mat_new(c->K, c->N, c->lb), C = mat_new(c->M, c->N, c->lc);
   if (c->poison == 1 || c->poison == 3) AT(A, f, c->M / 2, c->K / 3) = NAN;
   if (c->poison == 2) AT(B, f, c->K / 2, c->N / 3) = INFINITY;
@@ -168,7 +171,70 @@ static void check_shape(int64_t M, int64_t N, int64_t K)
   check_all_paths(&c);
 }
 
-/* 1 thread and 2 threads must give bitwise the same C. */
+/* A shape that should take one of the narrow-N paths (column tiles or dot
+   products): checked against the naive loop, and the path it took is
+   counted, so a change of the selection that left a path untested shows. */
+static int narrow_hits[5];
+static void check_narrow(const gcase *c, int path)
+{
+  check_sgemm(c, path);
+  int got = mm_sgemm_last_path;
+  if (got != MM_SGEMM_PATH_COLS && got != MM_SGEMM_PATH_DOTS) {
+    char what[256];
+    describe(what, sizeof what, c, path == 3 ? "narrow" : "auto");
+    fail("%s: took path %d, expected a narrow-N path", what, got);
+  } else {
+    narrow_hits[got]++;
+  }
+}
+
+/* mm_parallel_for_chunks: every task exactly once, in exactly the documented
+   chunks, whatever the thread count; also from inside a running loop. */
+static int64_t chunk_calls[64][2], chunk_ncalls;
+static int task_hits[1000];
+static pthread_mutex_t chunk_mu = PTHREAD_MUTEX_INITIALIZER;
+static void chunk_fn(void *ctx, int64_t b, int64_t e)
+{
+  (void)ctx;
+  pthread_mutex_lock(&chunk_mu);
+  if (chunk_ncalls < 64) {
+    chunk_calls[chunk_ncalls][0] = b;
+    chunk_calls[chunk_ncalls][1] = e;
+  }
+  chunk_ncalls++;
+  for (int64_t i = b; i < e; i++) task_hits[i]++;
+  pthread_mutex_unlock(&chunk_mu);
+}
+static void check_chunks(int threads, int64_t ntasks, int64_t nchunks)
+{
+  int nt = mm_get_num_threads();
+  mm_set_num_threads(threads);
+  memset(task_hits, 0, sizeof task_hits);
+  chunk_ncalls = 0;
+  mm_parallel_for_chunks(ntasks, nchunks, chunk_fn, NULL);
+  mm_set_num_threads(nt);
+  int64_t k = nchunks < 1 ? 1 : nchunks > ntasks ? ntasks : nchunks, expect = 0;
+  int bad = 0;
+  for (int64_t i = 0; i < ntasks; i++) bad |= task_hits[i] != 1;
+  for (int64_t c = 0; c < k; c++) {
+    int64_t b = ntasks * c / k, e = ntasks * (c + 1) / k, seen = 0;
+    if (b == e) continue;
+    expect++;
+    for (int64_t i = 0; i < chunk_ncalls && i < 64; i++)
+      seen += chunk_calls[i][0] == b && chunk_calls[i][1] == e;
+    bad |= seen != 1;
+  }
+  bad |= chunk_ncalls != expect;
+  if (bad)
+    fail("mm_parallel_for_chunks(%lld tasks, %lld chunks) on %d threads: tasks not run exactly "
+         "once in the documented chunks (%lld calls)", (long long)ntasks, (long long)nchunks,
+         threads, (long long)chunk_ncalls);
+  else passed++;
+}
+
+/* 1 thread and 2 threads must give bitwise the same C.  thread_paths
+   counts the paths the 2-thread runs took. */
+static int thread_paths[6];
 static void check_threads(int64_t M, int64_t N, int64_t K, int la, int lb)
 {
   mat A = mat_new(M, K, la), B = mat_new(K, N, lb);
@@ -179,6 +245,7 @@ static void check_threads(int64_t M, int64_t N, int64_t K, int la, int lb)
   mm_sgemm(M, N, K, 0.5f, A.f, A.rs, A.cs, B.f, B.rs, B.cs, 1.0f, c1, N, 1);
   mm_set_num_threads(2);
   mm_sgemm(M, N, K, 0.5f, A.f, A.rs, A.cs, B.f, B.rs, B.cs, 1.0f, c2, N, 1);
+  if (mm_sgemm_last_path >= 0 && mm_sgemm_last_path < 6) thread_paths[mm_sgemm_last_path]++;
   mm_set_num_threads(nt);
   if (memcmp(c1, c2, M * N * sizeof(float)))
     fail("sgemm %lldx%lldx%lld A:%s B:%s kernel=%s: 1 and 2 threads differ", (long long)M,
@@ -315,12 +382,61 @@ int main(void)
     check_sgemm(&c, 0);
   }
 
+  /* Narrow N (a logits layer: N = 10) and, transposed, narrow M: column
+     tiles when A has contiguous columns, dot products when A has contiguous
+     rows; every width up to the limit, row edges (M not a multiple of the
+     tile) and k tails (K not a multiple of 8), every layout of B and C,
+     alpha, beta, NaN-filled C with beta = 0. */
+  for (int t = 0; t < 90; t++) {
+    int64_t n = 1 + t % 12, m = t % 5 == 0 ? n : irand(n, 140), K = irand(1, 140);
+    int la = t % 3, lb = (t / 3) % 4, lc = (t / 2) % 4;
+    gcase c = { m, n, K, la, lb, lc, alphas[t % 3], betas[(t / 4) % 3], 0, 0 };
+    c.nan_c = c.beta == 0;
+    if (t % 2) {   /* the transposed problem: M narrow, B rows or columns contiguous */
+      c.M = n; c.N = m; c.la = (t / 2) % 2 ? 0 : 3; c.lb = t % 4 == 1 ? 0 : 1;
+    }
+    check_narrow(&c, 0);
+  }
+  for (int la = 0; la < 3; la++) {
+    gcase f = { 33, 10, 128, la, 0, 0, 1.0f, 0.0f, 1, 0 };   /* the MLP's layer 3 */
+    check_narrow(&f, 0);
+    gcase g = { 37, 40, 45, la, 1, 1, -0.5f, 1.0f, 0, 0 };   /* forced: any N */
+    check_narrow(&g, 3);
+    for (int poison = 1; poison <= 2; poison++) {
+      gcase p = { 45, 9, 70, la, (la + poison) % 3, 0, 1.0f, 0.0f, 0, poison };
+      check_narrow(&p, 0);
+    }
+  }
+  if (narrow_hits[MM_SGEMM_PATH_COLS] < 20 || narrow_hits[MM_SGEMM_PATH_DOTS] < 20)
+    fail("narrow-N shapes: %d took the column-tile path, %d the dot-product path; expected "
+         "at least 20 each", narrow_hits[MM_SGEMM_PATH_COLS], narrow_hits[MM_SGEMM_PATH_DOTS]);
+  else passed++;
+
+  /* The pool: chunks claimed by whichever thread is free. */
+  for (int threads = 1; threads <= 3; threads++)
+    for (int64_t k = 0; k <= 9; k++) {
+      check_chunks(threads, 1 + k * 37 % 50, k);
+      check_chunks(threads, 7, k);
+    }
+
   /* Thread count does not change a bit of the result. */
   check_threads(300, 200, 300, 0, 0);
   check_threads(257, 263, 520, 1, 1);
   check_threads(10, 1000, 300, 0, 1);   /* M too small to split: columns are */
   check_threads(1000, 40, 100, 1, 0);
   check_threads(MC * 2 + 5, NR * 3 + 1, KC + 3, 0, 0);
+  check_threads(3001, 10, 200, 1, 0);   /* narrow N, column tiles */
+  check_threads(3001, 10, 200, 0, 1);   /* narrow N, dot products, B^T in place */
+  check_threads(2999, 7, 301, 0, 0);    /* narrow N, dot products, B^T packed */
+  check_threads(150, 1100, 256, 0, 1);  /* B block over 1 MiB: one B shared by the threads */
+  check_threads(13, 1100, 512, 1, 0);   /* the same, split by columns */
+  if (thread_paths[MM_SGEMM_PATH_PACKED] < 2 || thread_paths[MM_SGEMM_PATH_PACKED_PRIVATE_B] < 2 ||
+      thread_paths[MM_SGEMM_PATH_COLS] < 1 || thread_paths[MM_SGEMM_PATH_DOTS] < 2)
+    fail("2-thread checks: paths shared-B %d, private-B %d, cols %d, dots %d; expected every "
+         "threaded path covered", thread_paths[MM_SGEMM_PATH_PACKED],
+         thread_paths[MM_SGEMM_PATH_PACKED_PRIVATE_B], thread_paths[MM_SGEMM_PATH_COLS],
+         thread_paths[MM_SGEMM_PATH_DOTS]);
+  else passed++;
 
   /* float64. */
   for (int la = 0; la < 4; la++)
