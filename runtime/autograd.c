@@ -170,8 +170,18 @@ static void record_stats(mm_node *n, mm_tensor *g) {
 
 /* Accumulates g into a leaf's .grad.  The first gradient is copied so that
  * .grad never aliases a buffer someone else holds; later ones add in place,
- * as PyTorch does. */
-static int accumulate_leaf(mm_tensor *leaf, mm_tensor *g) {
+ * as PyTorch does.  `held` counts the references to g that the engine
+ * itself holds and is about to drop: when those are all there are, and no
+ * other tensor views g's storage, nobody else can see g and it becomes
+ * .grad as it is — a training step's weight gradients then skip one full
+ * copy every step (zero_grad leaves .grad empty, so every step is "first"). */
+static int accumulate_leaf(mm_tensor *leaf, mm_tensor *g, int64_t held) {
+  if (!leaf->grad && g->refcount == held && g->storage->refcount == 1 && !g->grad_fn &&
+      !g->requires_grad && g->offset == 0 && mm_is_contiguous(g)) {
+    mm_tensor_retain(g);
+    leaf->grad = g;
+    return 0;
+  }
   if (!leaf->grad) {
     mm_tensor *c = mm_clone(g);
     if (!c) return -1;
@@ -240,7 +250,7 @@ int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
   node_vec order = {0}, stack = {0};
 
   if (!t->grad_fn) { /* a leaf */
-    rc = accumulate_leaf(t, seed);
+    rc = accumulate_leaf(t, seed, 0);
     goto done;
   }
 
@@ -312,7 +322,7 @@ int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
       mm_tensor *fit = fit_to_edge(gin[i], e);
       if (!fit) { brc = -1; break; }
       if (e->node) brc = accumulate(&e->node->grad_acc, fit, false);
-      else if (e->leaf) brc = accumulate_leaf(e->leaf, fit);
+      else if (e->leaf) brc = accumulate_leaf(e->leaf, fit, 1 + (fit == gin[i]));
       mm_tensor_release(fit);
     }
     for (int i = 0; i < n->ninputs; i++) mm_tensor_release(gin[i]);

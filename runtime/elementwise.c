@@ -11,6 +11,8 @@
 #include <tgmath.h>
 
 #include "autograd.h"
+#include "cpu.h"
+#include "elementwise_avx2.h"
 #include "iter.h"
 
 /* ---- shape inference -------------------------------------------------- */
@@ -62,15 +64,21 @@ int mm_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *sb, in
 
 static inline int64_t ipow(int64_t a, int64_t b) {
   if (b < 0) return a == 1 ? 1 : (a == -1 ? (b & 1 ? -1 : 1) : 0);
-  int64_t r = 1;
-  while (b) { if (b & 1) r *= a; a *= a; b >>= 1; }
-  return r;
+  uint64_t r = 1, x = (uint64_t)a;   /* wraps like Lua's integers, no UB */
+  while (b) { if (b & 1) r *= x; x *= x; b >>= 1; }
+  return (int64_t)r;
 }
 
+/* int64 arithmetic wraps around on overflow, as Lua's integers do; signed
+ * overflow is undefined in C, so it is done in uint64_t.  _Generic picks the
+ * plain expression for floats (the other branch is not evaluated). */
+#define WRAP(OP, a, b) _Generic((a), int64_t: (int64_t)((uint64_t)(a) OP (uint64_t)(b)), \
+                                default: (a) OP (b))
+
 #define BINARY_FAMILY(SUF, T, POW)                                    \
-  BINARY_KERNEL(add_##SUF, T, a + b)                                  \
-  BINARY_KERNEL(sub_##SUF, T, a - b)                                  \
-  BINARY_KERNEL(mul_##SUF, T, a * b)                                  \
+  BINARY_KERNEL(add_##SUF, T, WRAP(+, a, b))                          \
+  BINARY_KERNEL(sub_##SUF, T, WRAP(-, a, b))                          \
+  BINARY_KERNEL(mul_##SUF, T, WRAP(*, a, b))                          \
   BINARY_KERNEL(div_##SUF, T, a / b)                                  \
   BINARY_KERNEL(pow_##SUF, T, POW(a, b))                              \
   BINARY_KERNEL(maximum_##SUF, T, MAXIMUM(a, b))                      \
@@ -124,6 +132,25 @@ static mm_tensor *binary_forward(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
     return NULL;
   }
   mm_dtype dt = binary_result_dtype(op, a->dtype, b->dtype);
+  /* Small same-shape contiguous operands (scalars, a bias, a batch-1
+   * activation): one call of the kernel on flat arrays, skipping the
+   * iterator's setup and the dtype round trip — most of the cost of an op
+   * this small.  Same kernel, same elements, so the same result. */
+  if (a->dtype == dt && b->dtype == dt && a->ndim == b->ndim && a->ndim == nd &&
+      !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)nd) && mm_is_contiguous(a) &&
+      mm_is_contiguous(b)) {
+    int64_t n = mm_numel(a);
+    if (n < 16384) {
+      mm_tensor *out = mm_tensor_empty(dt, nd, shape);
+      if (!out) return NULL;
+      if (n > 0) {
+        int64_t es = (int64_t)mm_dtype_size(dt), st[3] = {es, es, es};
+        char *p[3] = {mm_data_ptr(out), mm_data_ptr(a), mm_data_ptr(b)};
+        binary_table(dt)[op](n, p, st, NULL);
+      }
+      return out;
+    }
+  }
   mm_tensor *ca = as_dtype(a, dt), *cb = ca ? as_dtype(b, dt) : NULL;
   mm_tensor *out = cb ? mm_tensor_empty(dt, nd, shape) : NULL;
   if (out) {
@@ -322,7 +349,7 @@ int mm_binary_scalar_inplace(mm_binary_op op, mm_tensor *a, double s) {
   X(T, MM_OP_COS, cos(x), -sin(x))                                                     \
   X(T, MM_OP_TANH, tanh(x), 1 - y * y)                                                 \
   X(T, MM_OP_SIGMOID, sigmoid_##T(x), y * (1 - y))                                     \
-  X(T, MM_OP_RELU, x > 0 ? x : (T)0 * x, (T)(x > 0))                                   \
+  X(T, MM_OP_RELU, RELU_FW(T, x), (T)(x > 0))                                 \
   X(T, MM_OP_SILU, x * sigmoid_##T(x), silu_grad_##T(x))                               \
   X(T, MM_OP_GELU, (T)0.5 * x * (1 + erf(x * (T)INV_SQRT_2)), gelu_grad_##T(x))        \
   X(T, MM_OP_GELU_TANH, gelu_tanh_##T(x), gelu_tanh_grad_##T(x))                       \
@@ -351,6 +378,13 @@ int mm_binary_scalar_inplace(mm_binary_op op, mm_tensor *a, double s) {
 
 typedef float f32;
 typedef double f64;
+/* ReLU as PyTorch defines it: x where x > 0, NaN stays NaN, everything else
+ * (-inf and -0 included) is +0.  Written as a select of x or 0 on the mask
+ * (x > 0 || x != x) rather than a branch: as a branch it mispredicts on
+ * about half of a layer's activations and cost more than the matmul beside
+ * it.  The gradient is likewise a select: g where x > 0, exactly 0 elsewhere
+ * (even where g is NaN or inf), as torch's threshold_backward. */
+#define RELU_FW(T, x) ((x) > 0 || (x) != (x) ? (x) : (T)0)
 UNARY_HELPERS(f32)
 UNARY_HELPERS(f64)
 
@@ -409,7 +443,8 @@ static void unary_fw_i64(int64_t n, char **p, const int64_t *s, const void *ctx)
   int64_t so = s[0] / 8, sx = s[1] / 8;
   for (int64_t i = 0; i < n; i++) {
     int64_t x = in[i * sx];
-    o[i * so] = op == MM_OP_NEG ? -x : op == MM_OP_ABS ? (x < 0 ? -x : x)
+    int64_t neg = (int64_t)(0 - (uint64_t)x);   /* -INT64_MIN wraps, as in Lua */
+    o[i * so] = op == MM_OP_NEG ? neg : op == MM_OP_ABS ? (x < 0 ? neg : x)
               : op == MM_OP_RELU ? (x > 0 ? x : 0) : (x > 0) - (x < 0);
   }
 }
@@ -424,10 +459,53 @@ static const char *const unary_node_names[MM_UNARY_COUNT] = {
   "SignBackward"};
 const char *mm_unary_name(mm_unary_op op) { return unary_names[op]; }
 
+/* ReLU's gin = (x > 0 ? g : 0) in one pass, without writing the derivative
+ * to a temporary and reading it back (operands: gin, g, x, all of x's dtype
+ * and shape). */
+#define RELU_BW(T)                                                                      \
+  static void relu_bw_##T(int64_t n, char **p, const int64_t *s, const void *ctx) {    \
+    (void)ctx;                                                                          \
+    T *o = (T *)p[0];                                                                   \
+    const T *g = (const T *)p[1], *x = (const T *)p[2];                                 \
+    if (s[0] == sizeof(T) && s[1] == sizeof(T) && s[2] == sizeof(T))                    \
+      for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? g[i] : (T)0;                    \
+    else                                                                                \
+      for (int64_t i = 0; i < n; i++)                                                   \
+        *(T *)(p[0] + i * s[0]) =                                                       \
+          *(const T *)(p[2] + i * s[2]) > 0 ? *(const T *)(p[1] + i * s[1]) : (T)0;     \
+  }
+RELU_BW(f32)
+RELU_BW(f64)
+#undef RELU_BW
+
+/* A float32 ReLU over contiguous memory of a size the iterator would run
+ * on one thread anyway goes to the AVX2 loop (bit-identical to the
+ * portable one; larger tensors keep the iterator's threads). */
+static bool relu_avx2_ok(const mm_tensor *x) {
+  return x->dtype == MM_FLOAT32 && mm_is_contiguous(x) && mm_numel(x) < (1 << 16) &&
+         mm_kernel_id() >= MM_KERNEL_AVX2;
+}
+
 /* gin = g * f'(x), the derivative computed from the saved input and output. */
 static int unary_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   mm_unary_op op = (mm_unary_op)n->iargs[0];
   mm_tensor *x = n->saved[0], *y = n->saved[1];
+  if (op == MM_OP_RELU && g->dtype == x->dtype && g->ndim == x->ndim &&
+      !memcmp(g->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim)) {
+    mm_tensor *o = mm_tensor_empty(x->dtype, x->ndim, x->shape);
+    if (!o) return -1;
+    if (relu_avx2_ok(x) && mm_is_contiguous(g)) {
+      mm_relu_bw_f32_avx2(mm_numel(x), mm_data_ptr(g), mm_data_ptr(x), mm_data_ptr(o));
+      gin[0] = o;
+      return 0;
+    }
+    mm_iter it;
+    mm_tensor *ops[3] = {o, g, x};
+    mm_iter_init(&it, 3, ops, x->ndim, x->shape);
+    mm_iter_run(&it, x->dtype == MM_FLOAT32 ? relu_bw_f32 : relu_bw_f64, NULL);
+    gin[0] = o;
+    return 0;
+  }
   mm_tensor *d = mm_tensor_empty(x->dtype, x->ndim, x->shape);
   if (!d) return -1;
   mm_iter it;
@@ -448,11 +526,15 @@ mm_tensor *mm_unary(mm_unary_op op, mm_tensor *a) {
   }
   mm_tensor *out = mm_tensor_empty(a->dtype, a->ndim, a->shape);
   if (!out) return NULL;
-  mm_iter it;
-  mm_tensor *ops[2] = {out, a};
-  mm_iter_init(&it, 2, ops, a->ndim, a->shape);
-  mm_iter_run(&it, a->dtype == MM_FLOAT32 ? unary_fw_f32 : a->dtype == MM_FLOAT64 ? unary_fw_f64
-                   : unary_fw_i64, &op);
+  if (op == MM_OP_RELU && relu_avx2_ok(a)) {
+    mm_relu_f32_avx2(mm_numel(a), mm_data_ptr(a), mm_data_ptr(out));
+  } else {
+    mm_iter it;
+    mm_tensor *ops[2] = {out, a};
+    mm_iter_init(&it, 2, ops, a->ndim, a->shape);
+    mm_iter_run(&it, a->dtype == MM_FLOAT32 ? unary_fw_f32 : a->dtype == MM_FLOAT64 ? unary_fw_f64
+                     : unary_fw_i64, &op);
+  }
   if (mm_needs_grad(1, &a) && op != MM_OP_SIGN) {
     mm_node *node = mm_node_new(unary_node_names[op], unary_backward, 1, &a);
     if (!node) { mm_tensor_release(out); return NULL; }

@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "adam_kernel.h"
 #include "autograd.h"
+#include "cpu.h"
 #include "parallel.h"
 
 /* Elements per parallel task: large enough that dispatch costs nothing
@@ -220,10 +222,32 @@ typedef struct {
 ADAM_BODY(adam_f32, float)
 ADAM_BODY(adam_f64, double)
 
+/* float32 without AMSGrad — every training run's case — goes through the
+ * float-only loop of adam_kernel.h (AVX2 when the CPU has it): the generic
+ * body above takes a double sqrt and division per element, which cost as
+ * much as all of an MLP's matmuls together.  The fast loop computes in
+ * float32 throughout, as PyTorch does. */
+static void adam_fast_portable(void *a, int64_t b, int64_t e) { mm_adam_f32_body(a, b, e); }
+static void adam_fast_avx2(void *a, int64_t b, int64_t e) { mm_adam_f32_avx2(a, b, e); }
+
 static void adam_apply(mm_tensor *p, mm_tensor *g, void *vctx) {
   adam_ctx *c = vctx;
   c->p = mm_data_ptr(p);
   c->g = mm_data_ptr(g);
+  if (p->dtype == MM_FLOAT32 && !c->vmax) {
+    const mm_adam_opts *o = c->o;
+    mm_adam_f32_args a = {
+      .p = c->p, .g = c->g, .m = c->m, .v = c->v,
+      .b1 = (float)o->beta1, .b2 = (float)o->beta2,
+      .one_b1 = (float)(1 - o->beta1), .one_b2 = (float)(1 - o->beta2),
+      .wd = (float)o->weight_decay, .l2 = !o->decoupled && o->weight_decay != 0,
+      .decay = o->decoupled && o->weight_decay != 0 ? (float)c->decay : 1.0f,
+      .step_size = (float)c->step_size, .bc2_sqrt = (float)c->bc2_sqrt, .eps = (float)o->eps,
+    };
+    parallel_elements(mm_numel(p), mm_kernel_id() >= MM_KERNEL_AVX2 ? adam_fast_avx2
+                                                                    : adam_fast_portable, &a);
+    return;
+  }
   parallel_elements(mm_numel(p), p->dtype == MM_FLOAT32 ? adam_f32 : adam_f64, c);
 }
 
