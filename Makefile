@@ -36,6 +36,12 @@ BUILD   ?= build-san
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 endif
+# TSAN=1 builds everything with ThreadSanitizer into build-tsan/ (`make tsan`).
+ifeq ($(TSAN),1)
+BUILD   ?= build-tsan
+CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=thread
+endif
 BUILD   ?= build
 
 # Kernels compiled for one ISA live in their own translation units and are
@@ -54,7 +60,7 @@ LIB      := $(BUILD)/libmicroml.a
 MODULE   := $(BUILD)/lua/microml/core.so
 PROGRAM  := $(BUILD)/microml
 
-.PHONY: all deps deps-core test ctest spec train bench install clean sanitize
+.PHONY: all deps deps-core test ctest spec train bench install clean sanitize tsan tsan-run fuzz
 all: $(LIB) $(MODULE) $(PROGRAM)
 
 deps:
@@ -107,15 +113,22 @@ $(BUILD)/ctest/%: spec/c/%.c $(LIB) | $(BUILD)/ctest
 LUAENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(BUILD)/lua/?.so;;" MICROML="$(CURDIR)/$(PROGRAM)"
 BUSTED := lua5.4 /usr/bin/busted
-# Sanitized runs preload the ASan runtime into the stock interpreter.
+# Sanitized runs preload the ASan runtime into the stock interpreter, with
+# LeakSanitizer on: every process must exit with zero leaks.  Specs ask for
+# absurd sizes on purpose, so malloc must return NULL there (the runtime turns
+# that into a Lua error) instead of ASan aborting.  .ci/lsan.supp lists the
+# leaks of Graphviz's `dot`, a child process that inherits the preload.
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:abort_on_error=0 \
+           LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0 \
+           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ifeq ($(SANITIZE),1)
 LUAENV += LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
-          ASAN_OPTIONS=detect_leaks=0
+          $(SAN_ENV)
 endif
 
 ctest: $(CTESTS)
-	@fail=0; for t in $(CTESTS); do echo "== $$t"; $$t || fail=1; \
-	  MICROML_KERNEL=portable $$t || fail=1; done; exit $$fail
+	@fail=0; for t in $(CTESTS); do echo "== $$t"; $(if $(filter 1,$(SANITIZE)),$(SAN_ENV)) $$t || fail=1; \
+	  $(if $(filter 1,$(SANITIZE)),$(SAN_ENV)) MICROML_KERNEL=portable $$t || fail=1; done; exit $$fail
 
 spec: all
 	$(LUAENV) $(BUSTED) --output=utfTerminal spec
@@ -126,8 +139,55 @@ test: deps-core
 	@$(MAKE) --no-print-directory all $(CTESTS)
 	@$(MAKE) --no-print-directory ctest spec
 
+# The whole suite under ASan+UBSan with LeakSanitizer on (see SAN_ENV).
 sanitize:
 	@$(MAKE) --no-print-directory test SANITIZE=1
+
+# ThreadSanitizer over the multi-threaded kernels: the GEMM test (1 vs 2
+# threads, the pool's chunking) and spec/tsan_workload.lua (elementwise,
+# reductions, embedding, conv, a training step) on 4 threads.  Any report
+# fails the run (halt_on_error).
+TSAN_ENV := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:allocator_may_return_null=1
+tsan:
+	@$(MAKE) --no-print-directory TSAN=1 tsan-run
+tsan-run: all $(CTESTS)
+	@set -e; for t in $(CTESTS); do echo "== $$t (TSan)"; \
+	  $(TSAN_ENV) MICROML_NUM_THREADS=2 $$t; done
+	$(LUAENV) LD_PRELOAD="$$($(CC) -print-file-name=libtsan.so)" $(TSAN_ENV) \
+	  MICROML_NUM_THREADS=4 lua5.4 spec/tsan_workload.lua
+
+# libFuzzer harnesses for the file readers (fuzz/README.md), each run for
+# FUZZ_SECONDS from the seeds of fuzz/make_seeds.lua.  Needs clang and
+# libclang-rt-14-dev.  Prints "fuzz: N passed, N failed" (one per harness).
+FUZZ_SECONDS ?= 30
+FUZZ_CC      ?= clang
+FUZZ_DIR     := build/fuzz
+FUZZ_FLAGS   := -g -O1 -std=c11 -D_GNU_SOURCE -Iruntime
+FUZZ_OBJ     := $(RT_SRC:runtime/%.c=$(FUZZ_DIR)/obj/%.o)
+FUZZ_NAMES   := idx npy csv safetensors
+FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
+# Keep the instrumented objects between runs (make would delete them as
+# intermediates of the pattern rules and recompile the runtime every time).
+.SECONDARY: $(FUZZ_OBJ)
+$(FUZZ_DIR)/obj $(FUZZ_DIR)/crashes:
+	mkdir -p $@
+$(FUZZ_DIR)/obj/%_avx2.o: runtime/%_avx2.c runtime/*.h | $(FUZZ_DIR)/obj
+	$(FUZZ_CC) $(FUZZ_FLAGS) -mavx2 -mfma -fsanitize=fuzzer-no-link,address -c $< -o $@
+$(FUZZ_DIR)/obj/%.o: runtime/%.c runtime/*.h | $(FUZZ_DIR)/obj
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,address -c $< -o $@
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer,address $< $(FUZZ_OBJ) -lz -lm -pthread -o $@
+fuzz: all $(FUZZ_BINS) | $(FUZZ_DIR)/crashes
+	@$(LUAENV) lua5.4 fuzz/make_seeds.lua $(FUZZ_DIR)/seeds >/dev/null
+	@pass=0; fail=0; for h in $(FUZZ_NAMES); do \
+	  mkdir -p $(FUZZ_DIR)/corpus_$$h && cp -n $(FUZZ_DIR)/seeds/$$h/* $(FUZZ_DIR)/corpus_$$h/ 2>/dev/null; \
+	  echo "== fuzz_$$h for $(FUZZ_SECONDS) s"; \
+	  if ASAN_OPTIONS=allocator_may_return_null=1 $(FUZZ_DIR)/fuzz_$$h -max_total_time=$(FUZZ_SECONDS) \
+	       -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/crashes/$$h- \
+	       $(FUZZ_DIR)/corpus_$$h > $(FUZZ_DIR)/fuzz_$$h.log 2>&1; then \
+	    pass=$$((pass+1)); grep -h "stat::number_of_executed_units" $(FUZZ_DIR)/fuzz_$$h.log; \
+	  else fail=$$((fail+1)); tail -n 40 $(FUZZ_DIR)/fuzz_$$h.log; fi; done; \
+	echo "fuzz: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
 
 train: deps-core
 	@$(MAKE) --no-print-directory all
@@ -153,4 +213,4 @@ install: all
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libmicroml.a
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-tsan

@@ -22,14 +22,31 @@ static int methods_ref = LUA_NOREF;
 
 int mm_lua_error(lua_State *L) { return luaL_error(L, "%s", mm_error()); }
 
+/* Recognising a tensor is on every op's path, several times per call.
+ * luaL_testudata finds the metatable by name (a string lookup with a
+ * strcmp) each time; instead the address of the Tensor metatable, cached
+ * when the module opens, is compared with the value's metatable — about a
+ * fifth of the cost of a one-element `a + b` before.  A second Lua state
+ * that opened the module has its own metatable and takes the named lookup;
+ * the cache is cleared when its state closes (pool_guard_gc). */
+static const void *tensor_mt;
+static int tensor_mt_ref = LUA_NOREF;
+
+static tensor_box *test_box(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+  bool ours = tensor_mt && lua_topointer(L, -1) == tensor_mt;
+  lua_pop(L, 1);
+  return ours ? lua_touserdata(L, idx) : luaL_testudata(L, idx, MM_TENSOR_MT);
+}
+
 mm_tensor *mm_lua_test(lua_State *L, int idx) {
-  tensor_box *b = luaL_testudata(L, idx, MM_TENSOR_MT);
+  tensor_box *b = test_box(L, idx);
   if (b && !b->t) luaL_argerror(L, idx, "tensor has been freed (used after :free() or <close>)");
   return b ? b->t : NULL;
 }
 
 mm_tensor *mm_lua_check(lua_State *L, int idx) {
-  tensor_box *b = luaL_testudata(L, idx, MM_TENSOR_MT);
+  tensor_box *b = test_box(L, idx);
   if (!b) luaL_typeerror(L, idx, "Tensor");
   if (!b->t) luaL_argerror(L, idx, "tensor has been freed (used after :free() or <close>)");
   return b->t;
@@ -50,7 +67,13 @@ int mm_lua_push(lua_State *L, mm_tensor *t) {
   if (!t) return mm_lua_error(L);
   tensor_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = NULL;
-  luaL_setmetatable(L, MM_TENSOR_MT);
+  if (lua_rawgeti(L, LUA_REGISTRYINDEX, tensor_mt_ref) == LUA_TTABLE &&
+      lua_topointer(L, -1) == tensor_mt) {
+    lua_setmetatable(L, -2);
+  } else {   /* another state: the ref may name something else there */
+    lua_pop(L, 1);
+    luaL_setmetatable(L, MM_TENSOR_MT);
+  }
   b->t = t;
   report_debt(L);
   return 1;
@@ -193,7 +216,8 @@ static void apply_requires_grad(lua_State *L, int opts, mm_tensor *t) {
 /* ---- lifetime --------------------------------------------------------------- */
 
 static int t_release(lua_State *L) {
-  tensor_box *b = luaL_checkudata(L, 1, MM_TENSOR_MT);
+  tensor_box *b = test_box(L, 1);
+  if (!b) return luaL_typeerror(L, 1, "Tensor");
   if (b->t) {
     mm_tensor_release(b->t);
     b->t = NULL;
@@ -298,7 +322,10 @@ static int l_empty(lua_State *L) { return make_filled(L, 1, 0, false); }
 /* mm.full(shape..., value [, opts]) — the value is the last number. */
 static int l_full(lua_State *L) {
   int top = lua_gettop(L), vidx = top;
+  /* index 0 is not a valid stack slot: check the count first */
+  if (top < 1) return luaL_error(L, "full: expected sizes and a fill value, got no arguments");
   if (lua_istable(L, top) && !is_sequence_table(L, top)) vidx = top - 1;
+  if (vidx < 1) return luaL_error(L, "full: expected sizes and a fill value, got only options");
   double v = luaL_checknumber(L, vidx);
   int64_t shape[MM_MAX_DIMS];
   int nd = 0;
@@ -493,7 +520,7 @@ static int l_set_memory_limit(lua_State *L) {
 }
 
 static int l_is_tensor(lua_State *L) {
-  lua_pushboolean(L, luaL_testudata(L, 1, MM_TENSOR_MT) != NULL);
+  lua_pushboolean(L, test_box(L, 1) != NULL);
   return 1;
 }
 
@@ -763,16 +790,13 @@ static int m_to(lua_State *L) {
 
 /* a op b where either side may be a number. */
 static int binary(lua_State *L, mm_binary_op op) {
-  mm_tensor *a = luaL_testudata(L, 1, MM_TENSOR_MT) ? mm_lua_check(L, 1) : NULL;
-  mm_tensor *b = luaL_testudata(L, 2, MM_TENSOR_MT) ? mm_lua_check(L, 2) : NULL;
-  if (a && b) return mm_lua_push(L, mm_binary(op, mm_lua_check(L, 1), mm_lua_check(L, 2)));
+  mm_tensor *a = mm_lua_test(L, 1), *b = mm_lua_test(L, 2);   /* (a freed tensor raises) */
+  if (a && b) return mm_lua_push(L, mm_binary(op, a, b));
   if (a) {
-    mm_lua_check(L, 1);
     if (lua_type(L, 2) != LUA_TNUMBER) luaL_typeerror(L, 2, "Tensor or number");
     return mm_lua_push(L, mm_binary_scalar(op, a, lua_tonumber(L, 2), false));
   }
   if (b) {
-    mm_lua_check(L, 2);
     if (lua_type(L, 1) != LUA_TNUMBER) luaL_typeerror(L, 1, "Tensor or number");
     return mm_lua_push(L, mm_binary_scalar(op, b, lua_tonumber(L, 1), true));
   }
@@ -837,6 +861,9 @@ static int l_where(lua_State *L) {
   mm_tensor *c = mm_lua_check(L, 1);
   mm_tensor *a = mm_lua_test(L, 2), *b = mm_lua_test(L, 3);
   const mm_tensor *ref = a ? a : b;
+  /* Type errors first: a Lua error after ta is taken would leak it. */
+  if (!a && lua_type(L, 2) != LUA_TNUMBER) luaL_typeerror(L, 2, "Tensor or number");
+  if (!b && lua_type(L, 3) != LUA_TNUMBER) luaL_typeerror(L, 3, "Tensor or number");
   mm_tensor *ta = mm_lua_check_tensor_or_number(L, 2, ref), *tb = mm_lua_check_tensor_or_number(L, 3, ref);
   mm_tensor *r = mm_where(c, ta, tb);
   mm_tensor_release(ta);
@@ -869,7 +896,7 @@ static int mt_len(lua_State *L) {
 
 /* t[i] selects along dim 1; strings reach methods and attributes. */
 static int mt_index(lua_State *L) {
-  luaL_checkudata(L, 1, MM_TENSOR_MT);
+  if (!test_box(L, 1)) luaL_typeerror(L, 1, "Tensor");
   if (lua_type(L, 2) == LUA_TSTRING) {
     /* Methods resolve even on a freed tensor, so :free() stays idempotent;
      * each method checks its own arguments. */
@@ -1000,8 +1027,14 @@ static const luaL_Reg metamethods[] = {
  * variable, so they are joined first by a finaliser set after the one that
  * unloads the library (Lua runs finalisers in reverse order of marking). */
 static int pool_guard_gc(lua_State *L) {
-  (void)L;
+  luaL_getmetatable(L, MM_TENSOR_MT);
+  if (lua_topointer(L, -1) == tensor_mt) tensor_mt = NULL;   /* this state's: about to go */
+  lua_pop(L, 1);
   mm_parallel_shutdown();
+  /* The size-class cache lives in this object too: once it is unloaded the
+   * cached blocks are unreachable (LeakSanitizer counts them), so hand them
+   * back.  Every tensor box has been finalised by now. */
+  mm_empty_cache();
   return 0;
 }
 
@@ -1027,7 +1060,8 @@ int luaopen_microml_core(lua_State *L) {
   int meth = lua_gettop(L);
   luaL_newmetatable(L, MM_TENSOR_MT);
   luaL_setfuncs(L, metamethods, 0);
-  lua_pop(L, 1);
+  tensor_mt = lua_topointer(L, -1);
+  tensor_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   mm_lua_register(L, module, meth, functions, true, false);
   mm_lua_register(L, module, meth, shared, true, true);
   mm_lua_register(L, module, meth, methods, false, true);

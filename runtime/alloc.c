@@ -40,10 +40,11 @@ static void *sys_alloc(size_t bytes) {
 }
 
 /* MICROML_MAX_BYTES caps live tensor memory from the environment. */
+static bool env_limit_read;
+
 static void read_env_limit(void) {
-  static bool done;
-  if (done) return;
-  done = true;
+  if (env_limit_read) return;
+  env_limit_read = true;
   const char *e = getenv("MICROML_MAX_BYTES");
   if (e && *e) stats.bytes_limit = strtoull(e, NULL, 10);
 }
@@ -113,7 +114,10 @@ void mm_storage_release(mm_storage *s) {
   }
 }
 
+void mm_tensor_free_headers(void);   /* tensor.c: its recycled headers */
+
 void mm_empty_cache(void) {
+  mm_tensor_free_headers();
   for (int c = 0; c < NCLASSES; c++) {
     while (freelist[c]) {
       block *b = freelist[c];
@@ -125,7 +129,12 @@ void mm_empty_cache(void) {
 }
 
 void mm_memory_stats_get(mm_memory_stats *out) { *out = stats; }
-void mm_set_memory_limit(uint64_t bytes) { stats.bytes_limit = bytes; }
+/* An explicit limit wins over MICROML_MAX_BYTES, even when set before the
+ * first allocation. */
+void mm_set_memory_limit(uint64_t bytes) {
+  env_limit_read = true;
+  stats.bytes_limit = bytes;
+}
 
 uint64_t mm_take_alloc_debt(void) {
   uint64_t d = alloc_debt;

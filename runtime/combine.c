@@ -174,7 +174,7 @@ static int split_dim(const mm_tensor *t, int dim, const char *op) {
  * empty dim (as torch.split). */
 static mm_tensor **split_even(mm_tensor *t, int64_t each, int dim, int64_t *count, const char *op) {
   int64_t size = t->shape[dim];
-  int64_t n = size == 0 ? 1 : (size + each - 1) / each;
+  int64_t n = size == 0 ? 1 : size / each + (size % each != 0);   /* no overflow for huge each */
   int64_t *sizes = malloc((size_t)n * sizeof *sizes);
   if (!sizes) {
     mm_set_error("%s: out of memory for %lld pieces", op, (long long)n);
@@ -237,7 +237,8 @@ mm_tensor **mm_chunk(mm_tensor *t, int64_t chunks, int dim, int64_t *count) {
     if (out) *count = chunks;
     return out;
   }
-  return split_even(t, (size + chunks - 1) / chunks, dim, count, "chunk");
+  /* ceil without size + chunks - 1, which overflows for huge counts */
+  return split_even(t, size / chunks + (size % chunks != 0), dim, count, "chunk");
 }
 
 /* ---- pad ------------------------------------------------------------------------- */

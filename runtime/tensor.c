@@ -150,6 +150,16 @@ void mm_tensor_release(mm_tensor *t) {
   free_headers = t;
 }
 
+/* Called by mm_empty_cache: the header free list is a cache like the
+ * storage one, and must not outlive an unloaded library (leak checkers). */
+void mm_tensor_free_headers(void) {
+  while (free_headers) {
+    mm_tensor *t = free_headers;
+    free_headers = t->grad;
+    free(t);
+  }
+}
+
 /* Offset (in elements) of the i-th element in row-major order. */
 static int64_t flat_offset(const mm_tensor *t, int64_t i) {
   int64_t off = t->offset;

@@ -80,8 +80,11 @@ static int infer_shape(const mm_tensor *t, int ndim, const int64_t *in, int64_t 
     } else if (in[i] < 0) {
       mm_set_error("%s: expected sizes >= 0 or one -1, got %lld", where, (long long)in[i]);
       return -1;
-    } else {
-      known *= in[i];
+    } else if (__builtin_mul_overflow(known, in[i], &known)) {
+      /* a wrapped product could match numel by accident */
+      mm_set_error("%s: shape %s has too many elements", where,
+                   mm_shape_str(ndim, in, b1, sizeof b1));
+      return -1;
     }
     out[i] = in[i];
   }

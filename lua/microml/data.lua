@@ -258,6 +258,9 @@ end
 
 -- images [N, H*W] float32 in [0, 1]; labels int64 in 1..10.
 local function load_idx_set(what, dir, missing_hint)
+  if type(dir) ~= "string" then
+    error(("%s: expected a directory name, got %s"):format(what, type(dir)), 3)
+  end
   local paths = {}
   for key, base in pairs(FILES) do
     paths[key] = find_file(dir, base)

@@ -29,6 +29,7 @@ end
 
 return function(fn, inputs, opts)
   opts = opts or {}
+  assert(type(opts) == "table", "gradcheck: expected an options table as argument 3, got " .. type(opts))
   local eps, atol, rtol = opts.eps or 1e-6, opts.atol or 1e-5, opts.rtol or 1e-3
   assert(type(fn) == "function", "gradcheck: expected a function as argument 1")
   assert(type(inputs) == "table", "gradcheck: expected a table of inputs as argument 2")

@@ -797,7 +797,10 @@ nn.Flatten = Flatten
 function Flatten:init(start_dim, end_dim)
   self.start_dim, self.end_dim = start_dim or 2, end_dim or -1
 end
-function Flatten:forward(x) return x:flatten(self.start_dim, self.end_dim) end
+function Flatten:forward(x)
+  if not is_tensor(x) then error(("Flatten: expected a tensor, got %s"):format(type(x)), 2) end
+  return x:flatten(self.start_dim, self.end_dim)
+end
 function Flatten:extra_repr() return ("start_dim=%d, end_dim=%d"):format(self.start_dim, self.end_dim) end
 
 --- nn.Conv2d(in_channels, out_channels, kernel_size [, {stride = 1, padding = 0, bias = true, dtype =}])
@@ -936,6 +939,9 @@ end
 --- nn.l1_loss(input, target [, {reduction = "mean"}]): |input - target|.
 function nn.l1_loss(input, target, opts)
   check_pair("l1_loss", input, target)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("l1_loss: expected an options table as argument 3, got %s"):format(type(opts)), 2)
+  end
   return reduce("l1_loss", (input - target):abs(), opts and opts.reduction)
 end
 
@@ -943,6 +949,9 @@ end
 -- 0.5 d^2 where |d| <= delta, delta (|d| - delta/2) elsewhere, d = input - target.
 function nn.huber_loss(input, target, opts)
   opts = opts or {}
+  if type(opts) ~= "table" then
+    error(("huber_loss: expected an options table as argument 3, got %s"):format(type(opts)), 2)
+  end
   check_pair("huber_loss", input, target)
   local delta = opts.delta or 1
   if type(delta) ~= "number" or not (delta > 0) then

@@ -163,6 +163,9 @@ end
 -- re-evaluates the model and returns the loss (it is called with grad on).
 function Optimizer:step(closure)
   local loss
+  if closure ~= nil and type(closure) ~= "function" then
+    error(("step: expected a closure function or nothing, got %s"):format(type(closure)), 2)
+  end
   if closure then loss = closure() end
   for _, group in ipairs(self.param_groups) do
     for _, p in ipairs(group.params) do
