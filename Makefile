@@ -15,6 +15,8 @@ DEPS_CORE  := gcc make lua5.4 liblua5.4-dev lua-busted libsimde-dev graphviz \
               zlib1g-dev libedit-dev dataset-fashion-mnist
 # Peers for the benchmarks only.
 DEPS_BENCH := libopenblas-dev python3-torch
+# For `make fuzz` (libFuzzer ships in clang's runtime package).
+DEPS_CHECKS := clang libclang-rt-14-dev
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 missing = $(shell for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
@@ -60,16 +62,21 @@ LIB      := $(BUILD)/libmicroml.a
 MODULE   := $(BUILD)/lua/microml/core.so
 PROGRAM  := $(BUILD)/microml
 
-.PHONY: all deps deps-core test ctest spec train bench install clean sanitize tsan tsan-run fuzz
+.PHONY: all deps deps-core deps-checks fuzz-run test ctest spec train bench install clean sanitize tsan tsan-run fuzz
 all: $(LIB) $(MODULE) $(PROGRAM)
 
 deps:
-	@m="$(call missing,$(DEPS_CORE) $(DEPS_BENCH))"; if [ -n "$$m" ]; then \
+	@m="$(call missing,$(DEPS_CORE) $(DEPS_BENCH) $(DEPS_CHECKS))"; if [ -n "$$m" ]; then \
 	  echo "installing: $$m"; $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$m; fi
 
 deps-core:
 	@m="$(call missing,$(DEPS_CORE))"; if [ -n "$$m" ]; then \
+	  echo "installing: $$m"; $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$m; fi
+
+deps-checks:
+	@m="$(call missing,$(DEPS_CHECKS))"; if [ -n "$$m" ]; then \
 	  echo "installing: $$m"; $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$m; fi
 
@@ -177,7 +184,9 @@ $(FUZZ_DIR)/obj/%.o: runtime/%.c runtime/*.h | $(FUZZ_DIR)/obj
 	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,address -c $< -o $@
 $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer,address $< $(FUZZ_OBJ) -lz -lm -pthread -o $@
-fuzz: all $(FUZZ_BINS) | $(FUZZ_DIR)/crashes
+fuzz: deps-checks
+	@$(MAKE) --no-print-directory fuzz-run
+fuzz-run: all $(FUZZ_BINS) | $(FUZZ_DIR)/crashes
 	@$(LUAENV) lua5.4 fuzz/make_seeds.lua $(FUZZ_DIR)/seeds >/dev/null
 	@pass=0; fail=0; for h in $(FUZZ_NAMES); do \
 	  mkdir -p $(FUZZ_DIR)/corpus_$$h && cp -n $(FUZZ_DIR)/seeds/$$h/* $(FUZZ_DIR)/corpus_$$h/ 2>/dev/null; \
