@@ -99,6 +99,17 @@ typedef struct mm_sgemm_kernel {
 #define MM_SGEMM_MAX_KC 512
 
 extern const mm_sgemm_kernel mm_sgemm_kernel_avx2;     /* gemm_avx2.c */
+extern const mm_sgemm_kernel mm_sgemm_kernel_avx512;   /* gemm_avx512.c */
+
+/* Pieces of the AVX2 kernel the AVX-512 one reuses (gemm_avx2.c): its
+   16-wide B packer, its dot-product tiles and their B^T packer. */
+void mm_sgemm_avx2_pack_b16(int64_t kc, int64_t nc, const float *B, int64_t rs_b, int64_t cs_b,
+                            float *dst);
+void mm_sgemm_avx2_dots(int64_t m, int64_t n, int64_t k, const float *a, int64_t rs_a,
+                        const float *b, int64_t cs_b, float *c, int64_t rs_c, int64_t cs_c,
+                        float alpha, float beta);
+void mm_sgemm_avx2_pack_bt(int64_t k, int64_t n, const float *B, int64_t rs_b, int64_t cs_b,
+                           float *dst);
 
 /* The kernel mm_sgemm uses now (it follows mm_set_kernel); for tests and
    the benchmark. */

@@ -399,6 +399,26 @@ static void ukr_strided(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
   tile_6x16(k, a, rs_a, cs_a, b, c, rs_c, alpha, beta);
 }
 
+/* Shared with the AVX-512 kernel (same B panel width, same dot-product tiles). */
+void mm_sgemm_avx2_pack_b16(int64_t kc, int64_t nc, const float *B, int64_t rs_b, int64_t cs_b,
+                            float *dst)
+{
+  pack_b(kc, nc, B, rs_b, cs_b, dst);
+}
+
+void mm_sgemm_avx2_dots(int64_t m, int64_t n, int64_t k, const float *a, int64_t rs_a,
+                        const float *b, int64_t cs_b, float *c, int64_t rs_c, int64_t cs_c,
+                        float alpha, float beta)
+{
+  ukr_dots(m, n, k, a, rs_a, b, cs_b, c, rs_c, cs_c, alpha, beta);
+}
+
+void mm_sgemm_avx2_pack_bt(int64_t k, int64_t n, const float *B, int64_t rs_b, int64_t cs_b,
+                           float *dst)
+{
+  pack_bt(k, n, B, rs_b, cs_b, dst);
+}
+
 const mm_sgemm_kernel mm_sgemm_kernel_avx2 = {
   .name = "avx2", .mr = MR, .nr = NR,
   /* Cache blocks: see the comment at the top of gemm.c. */

@@ -16,7 +16,9 @@
  * both the tested and the reference result carry such an error.
  *
  * Prints one line per failure and ends with "test_gemm: N passed, N failed";
- * exits non-zero on failure.  `make test` runs it again with
+ * exits non-zero on failure.  Without MICROML_KERNEL the battery runs once
+ * per SIMD kernel the CPU supports (avx512, avx2), each with its own block
+ * sizes and narrow-N tiles; `make test` runs it again with
  * MICROML_KERNEL=portable. */
 #include "gemm.h"
 #include "cpu.h"
@@ -287,9 +289,12 @@ static void check_dgemm(int64_t M, int64_t N, int64_t K, int la, int lb, int lc,
   mat_free(&A); mat_free(&B); mat_free(&C);
 }
 
-int main(void)
+/* The whole battery, for the kernel selected now. */
+static void run_suite(void)
 {
   const mm_sgemm_kernel *kr = mm_sgemm_current_kernel();
+  memset(narrow_hits, 0, sizeof narrow_hits);
+  memset(thread_paths, 0, sizeof thread_paths);
   int64_t MR = kr->mr, NR = kr->nr, MC = kr->mc, KC = kr->kc, NC = kr->nc;
 
   /* Degenerate shapes: nothing to do, or C = beta*C. */
@@ -445,6 +450,31 @@ int main(void)
                   la == 0 ? 1.0 : -0.5, lc % 3 == 0 ? 0.0 : lc % 3 == 1 ? 1.0 : 0.25);
   check_dgemm(130, 600, 270, 0, 1, 0, 1.0, 0.0);
   check_dgemm(1, 1, 1, 0, 0, 0, 1.0, 0.0);
+}
+
+int main(void)
+{
+  /* With MICROML_KERNEL set (`make test` also runs MICROML_KERNEL=portable),
+     that kernel only; else every SIMD kernel this CPU runs, best first, so
+     the AVX2 kernel stays covered on a machine that picks AVX-512. */
+  const char *env = getenv("MICROML_KERNEL");
+  if (env && *env && strcmp(env, "auto")) {
+    run_suite();
+  } else {
+    static const char *const kernels[] = { "avx512", "avx2" };
+    int ran = 0;
+    for (size_t i = 0; i < sizeof kernels / sizeof *kernels; i++)
+      if (mm_set_kernel(kernels[i]) == 0) {
+        if (strcmp(mm_sgemm_current_kernel()->name, kernels[i]))
+          fail("mm_set_kernel(\"%s\") left the GEMM on kernel %s", kernels[i],
+               mm_sgemm_current_kernel()->name);
+        printf("test_gemm: kernel %s\n", kernels[i]);
+        run_suite();
+        ran++;
+      }
+    if (!ran) run_suite();   /* no SIMD kernel here: the portable one */
+    mm_set_kernel("auto");
+  }
 
   mm_gemm_release_buffers();
   mm_parallel_shutdown();
