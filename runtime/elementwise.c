@@ -121,8 +121,55 @@ static mm_tensor *as_dtype(mm_tensor *t, mm_dtype dt) {
   return mm_to_dtype(t, dt);
 }
 
+mm_tensor *mm_tensor_empty_unchecked(mm_dtype dt, int ndim, const int64_t *shape); /* tensor.c */
+
+/* The small-operand fast path: operands of one dtype whose result keeps it,
+ * where either both have one shape and are contiguous, or one of them is a
+ * single element (a number from Lua arrives as a 0-dim tensor) with no more
+ * dims than the other, contiguous one.  Then the output has the big
+ * operand's shape and the kernel runs once over flat arrays, the single
+ * element read with stride 0 — as the iterator would set it up.  Returns
+ * the operand whose shape the output takes, or NULL. */
+static const mm_tensor *flat_operands(mm_binary_op op, const mm_tensor *a, const mm_tensor *b) {
+  if (a->dtype != b->dtype) return NULL;
+  if (a->dtype == MM_INT64 && op == MM_OP_DIV) return NULL;   /* promotes to float32 */
+  if (a->ndim == b->ndim) {
+    int i = 0;
+    while (i < a->ndim && a->shape[i] == b->shape[i]) i++;
+    if (i == a->ndim) return mm_is_contiguous(a) && mm_is_contiguous(b) ? a : NULL;
+  }
+  if (b->ndim <= a->ndim && mm_numel(b) == 1) return mm_is_contiguous(a) ? a : NULL;
+  if (a->ndim <= b->ndim && mm_numel(a) == 1) return mm_is_contiguous(b) ? b : NULL;
+  return NULL;
+}
+
 /* Forward of a binary op into a fresh tensor, no recording. */
 static mm_tensor *binary_forward(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
+  /* Small operands (scalars, a bias, a batch-1 activation, x * 0.5): one
+   * call of the kernel on flat arrays, skipping shape inference, the
+   * iterator's setup and the dtype round trip — most of the cost of an op
+   * this small.  Same kernel, same elements, so the same result as the
+   * general path. */
+  const mm_tensor *big = flat_operands(op, a, b);
+  if (big) {
+    int64_t n = mm_numel(big);
+    if (n < 16384) {
+      mm_dtype dt = a->dtype;
+      mm_tensor *out = mm_tensor_empty_unchecked(dt, big->ndim, big->shape);
+      if (!out) return NULL;
+      if (n > 0) {
+        int64_t es = dt == MM_FLOAT32 ? 4 : 8;
+        /* a lone element broadcast to n > 1 is read with stride 0 */
+        int64_t st[3] = {es, a == big || mm_numel(a) == n ? es : 0,
+                         b == big || mm_numel(b) == n ? es : 0};
+        char *p[3] = {(char *)out->storage->data,   /* fresh: offset 0 */
+                      (char *)a->storage->data + a->offset * es,
+                      (char *)b->storage->data + b->offset * es};
+        binary_table(dt)[op](n, p, st, NULL);
+      }
+      return out;
+    }
+  }
   int nd;
   int64_t shape[MM_MAX_DIMS];
   if (mm_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) < 0) {
@@ -132,25 +179,6 @@ static mm_tensor *binary_forward(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
     return NULL;
   }
   mm_dtype dt = binary_result_dtype(op, a->dtype, b->dtype);
-  /* Small same-shape contiguous operands (scalars, a bias, a batch-1
-   * activation): one call of the kernel on flat arrays, skipping the
-   * iterator's setup and the dtype round trip — most of the cost of an op
-   * this small.  Same kernel, same elements, so the same result. */
-  if (a->dtype == dt && b->dtype == dt && a->ndim == b->ndim && a->ndim == nd &&
-      !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)nd) && mm_is_contiguous(a) &&
-      mm_is_contiguous(b)) {
-    int64_t n = mm_numel(a);
-    if (n < 16384) {
-      mm_tensor *out = mm_tensor_empty(dt, nd, shape);
-      if (!out) return NULL;
-      if (n > 0) {
-        int64_t es = (int64_t)mm_dtype_size(dt), st[3] = {es, es, es};
-        char *p[3] = {mm_data_ptr(out), mm_data_ptr(a), mm_data_ptr(b)};
-        binary_table(dt)[op](n, p, st, NULL);
-      }
-      return out;
-    }
-  }
   mm_tensor *ca = as_dtype(a, dt), *cb = ca ? as_dtype(b, dt) : NULL;
   mm_tensor *out = cb ? mm_tensor_empty(dt, nd, shape) : NULL;
   if (out) {
