@@ -14,6 +14,7 @@
 #include "cpu.h"
 #include "elementwise_avx2.h"
 #include "iter.h"
+#include "parallel.h"
 
 /* ---- shape inference -------------------------------------------------- */
 
@@ -506,12 +507,38 @@ RELU_BW(f32)
 RELU_BW(f64)
 #undef RELU_BW
 
-/* A float32 ReLU over contiguous memory of a size the iterator would run
- * on one thread anyway goes to the AVX2 loop (bit-identical to the
- * portable one; larger tensors keep the iterator's threads). */
+/* A float32 ReLU over contiguous memory goes to the AVX2 loop (bit-identical
+ * to the portable one), cut into fixed blocks the pool shares out: an MLP's
+ * [128, 256] activations (32K floats) ran on the calling thread while the
+ * other core waited, four times a step.  Every element is independent, so
+ * the split cannot change a result. */
+#define RELU_BLOCK 8192          /* floats per task: 32 KiB in, 32 KiB out */
+#define RELU_PARALLEL_MIN 16384  /* below this one thread is quicker than a dispatch */
+
 static bool relu_avx2_ok(const mm_tensor *x) {
-  return x->dtype == MM_FLOAT32 && mm_is_contiguous(x) && mm_numel(x) < (1 << 16) &&
-         mm_kernel_id() >= MM_KERNEL_AVX2;
+  return x->dtype == MM_FLOAT32 && mm_is_contiguous(x) && mm_kernel_id() >= MM_KERNEL_AVX2;
+}
+
+typedef struct {
+  int64_t n;
+  const float *g, *x;   /* g NULL: forward */
+  float *y;
+} relu_job;
+
+static void relu_blocks(void *ctx, int64_t b0, int64_t b1) {
+  const relu_job *j = ctx;
+  int64_t i0 = b0 * RELU_BLOCK, i1 = b1 * RELU_BLOCK;
+  if (i1 > j->n) i1 = j->n;
+  if (j->g) mm_relu_bw_f32_avx2(i1 - i0, j->g + i0, j->x + i0, j->y + i0);
+  else mm_relu_f32_avx2(i1 - i0, j->x + i0, j->y + i0);
+}
+
+/* y = relu(x), or y = g * relu'(x) when g is given; all contiguous float32. */
+static void relu_avx2_run(int64_t n, const float *g, const float *x, float *y) {
+  relu_job j = {n, g, x, y};
+  int64_t nb = (n + RELU_BLOCK - 1) / RELU_BLOCK;
+  if (n < RELU_PARALLEL_MIN) relu_blocks(&j, 0, nb);
+  else mm_parallel_for(nb, relu_blocks, &j);
 }
 
 /* gin = g * f'(x), the derivative computed from the saved input and output. */
@@ -523,7 +550,7 @@ static int unary_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
     mm_tensor *o = mm_tensor_empty(x->dtype, x->ndim, x->shape);
     if (!o) return -1;
     if (relu_avx2_ok(x) && mm_is_contiguous(g)) {
-      mm_relu_bw_f32_avx2(mm_numel(x), mm_data_ptr(g), mm_data_ptr(x), mm_data_ptr(o));
+      relu_avx2_run(mm_numel(x), mm_data_ptr(g), mm_data_ptr(x), mm_data_ptr(o));
       gin[0] = o;
       return 0;
     }
@@ -555,7 +582,7 @@ mm_tensor *mm_unary(mm_unary_op op, mm_tensor *a) {
   mm_tensor *out = mm_tensor_empty(a->dtype, a->ndim, a->shape);
   if (!out) return NULL;
   if (op == MM_OP_RELU && relu_avx2_ok(a)) {
-    mm_relu_f32_avx2(mm_numel(a), mm_data_ptr(a), mm_data_ptr(out));
+    relu_avx2_run(mm_numel(a), NULL, mm_data_ptr(a), mm_data_ptr(out));
   } else {
     mm_iter it;
     mm_tensor *ops[2] = {out, a};

@@ -25,6 +25,11 @@ typedef double f64;
 
 /* Below this many elements a thread hand-off costs more than it saves. */
 #define PARALLEL_MIN_WORK 32768
+/* Cross-entropy's rows cost an exp per element (and a log per row): weigh
+   each element as this many copies, so a training batch of logits
+   ([128, 10]) is split across threads instead of running on the calling
+   thread while the others wait, forward and backward, every step. */
+#define CE_ELEM_WORK 32
 
 static int check_float(mm_tensor *t, const char *name, const char *what) {
   if (mm_dtype_is_float(t->dtype)) return 0;
@@ -346,7 +351,8 @@ static int ce_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   ce_ctx c = {mm_data_ptr(x), x->stride[0], x->stride[1], x->shape[0], x->shape[1],
               mm_data_ptr(lab), lab->stride[0], n->iargs[3], &o, mm_data_ptr(lse), NULL,
               mm_data_ptr(d), {mm_data_ptr(gc), gc->dtype, o.reduction, 1.0 / n->fargs[1]}};
-  run_rows(c.n, c.c, x->dtype == MM_FLOAT32 ? ce_grad_rows_f32 : ce_grad_rows_f64, &c);
+  run_rows(c.n, c.c * CE_ELEM_WORK, x->dtype == MM_FLOAT32 ? ce_grad_rows_f32 : ce_grad_rows_f64,
+           &c);
   mm_tensor_release(gc);
   gin[0] = d;
   return 0;
@@ -394,7 +400,7 @@ mm_tensor *mm_cross_entropy(mm_tensor *logits, mm_tensor *labels, const mm_loss_
   ce_ctx c = {mm_data_ptr(logits), logits->stride[0], logits->stride[1], n, logits->shape[1],
               mm_data_ptr(labels), labels->stride[0], base, o, mm_data_ptr(lse), loss, NULL,
               {0}};
-  run_rows(n, c.c, logits->dtype == MM_FLOAT32 ? ce_rows_f32 : ce_rows_f64, &c);
+  run_rows(n, c.c * CE_ELEM_WORK, logits->dtype == MM_FLOAT32 ? ce_rows_f32 : ce_rows_f64, &c);
   if (!(out = finish_rows(loss, n, logits->dtype, o->reduction, count))) goto done;
   if (mm_needs_grad(1, &logits)) {
     mm_tensor *saved[3] = {logits, labels, lse};
