@@ -16,6 +16,8 @@
 -- Worker mode: --worker prints lines RESULT case=NAME us=r1,r2,... as the
 -- Python side does, then RESULT case=vmhwm kib=K.
 local mm = require "microml"
+local common = dofile((arg[0]:match("^(.*)/") or ".") .. "/common.lua")
+local median, sh_quote, vmhwm_kib = common.median, common.sh_quote, common.vmhwm_kib
 
 local function parse(argv)
   local o = { iters = 20000, reps = 5, rounds = 3 }
@@ -78,23 +80,11 @@ local function worker(o)
     print(("RESULT case=%s us=%s"):format(name, table.concat(rounds, ",")))
     io.stdout:flush()
   end
-  local f = io.open("/proc/self/status")
-  local kib = f and f:read("a"):match("VmHWM:%s*(%d+)") or "0"
-  if f then f:close() end
-  print("RESULT case=vmhwm kib=" .. kib)
+  print("RESULT case=vmhwm kib=" .. vmhwm_kib())
 end
 
 -- ---------------------------------------------------------------------------
 -- driver
-
-local function median(xs)
-  local s = { table.unpack(xs) }
-  table.sort(s)
-  local m = #s // 2
-  return #s % 2 == 1 and s[m + 1] or (s[m] + s[m + 1]) / 2
-end
-
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 local function run(cmd, into)
   local p = io.popen(cmd .. " 2>&1")

@@ -20,6 +20,8 @@
 -- Worker mode (used by the driver): --worker --threads N --epochs E prints
 --   RESULT side=microml threads=N epoch_times=t1,... test_acc=A vmhwm_kib=K
 local mm = require "microml"
+local common = dofile((arg[0]:match("^(.*)/") or ".") .. "/common.lua")
+local median, sh_quote, vmhwm_kib = common.median, common.sh_quote, common.vmhwm_kib
 
 local function parse(argv)
   -- peak: the two cores' FMA peak in GFLOP/s (Zen 4: 2 cores x 32 flop/cycle x ~3.7 GHz),
@@ -44,14 +46,6 @@ local function parse(argv)
     end
   end
   return o
-end
-
-local function vmhwm_kib()
-  local f = io.open("/proc/self/status")
-  if not f then return 0 end
-  local s = f:read("a")
-  f:close()
-  return math.tointeger(tonumber(s:match("VmHWM:%s*(%d+)"))) or 0
 end
 
 -- ---------------------------------------------------------------------------
@@ -106,16 +100,6 @@ end
 
 -- ---------------------------------------------------------------------------
 -- driver
-
-local function median(xs)
-  if #xs == 0 then return nil end
-  local s = { table.unpack(xs) }
-  table.sort(s)
-  local m = #s // 2
-  return #s % 2 == 1 and s[m + 1] or (s[m] + s[m + 1]) / 2
-end
-
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 -- Runs a worker command; returns its parsed RESULT line or nil, message.
 local function run(cmd)

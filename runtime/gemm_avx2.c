@@ -13,6 +13,8 @@
 #include <simde/x86/avx2.h>
 #include <simde/x86/fma.h>
 
+#include "simd_transpose.h"
+
 #define MR 6
 #define NR 16
 
@@ -85,26 +87,6 @@ void tile_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
  * common strided cases done as 8 x 8 register transposes: row-major A (rows
  * contiguous along k) and transposed B (columns contiguous along k).  The
  * scalar versions of these spent 15% of an MLP-sized GEMM in packing. */
-
-/* Transpose the 8 x 8 block r[0..7] in place: r[i][j] -> r[j][i]. */
-static inline __attribute__((always_inline)) void transpose8(simde__m256 r[8])
-{
- simde__m256 t[8], u[8];
- for (int i = 0; i < 8; i += 2) {
-  t[i] = simde_mm256_unpacklo_ps(r[i], r[i + 1]);
-  t[i + 1] = simde_mm256_unpackhi_ps(r[i], r[i + 1]);
- }
- for (int i = 0; i < 8; i += 4) {
-  u[i] = simde_mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-  u[i + 1] = simde_mm256_shuffle_ps(t[i], t[i + 2], 0xee);
-  u[i + 2] = simde_mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-  u[i + 3] = simde_mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
- }
- for (int i = 0; i < 4; i++) {
-  r[i] = simde_mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-  r[i + 4] = simde_mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
- }
-}
 
 static void pack_a(int64_t mc, int64_t kc, const float *A, int64_t rs_a, int64_t cs_a,
                    float *dst)

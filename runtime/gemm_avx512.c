@@ -28,6 +28,8 @@
 
 #include <simde/x86/avx512.h>
 
+#include "simd_transpose.h"
+
 #define MR 16
 #define NR 16
 
@@ -84,25 +86,6 @@ void tile_16x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
  * The generic layout (see gemm.c): MR-tall panels, kc columns of MR values.
  * Row-major A (rows contiguous along k, the X of X W) is transposed in 8 x 8
  * register blocks, 16 rows as two of them. */
-static inline __attribute__((always_inline)) void transpose8(simde__m256 r[8])
-{
-  simde__m256 t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = simde_mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = simde_mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = simde_mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    u[i + 1] = simde_mm256_shuffle_ps(t[i], t[i + 2], 0xee);
-    u[i + 2] = simde_mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    u[i + 3] = simde_mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-  }
-  for (int i = 0; i < 4; i++) {
-    r[i] = simde_mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-    r[i + 4] = simde_mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-  }
-}
-
 static void pack_a(int64_t mc, int64_t kc, const float *A, int64_t rs_a, int64_t cs_a,
                    float *dst)
 {

@@ -478,6 +478,24 @@ static void idx_size_error(const char *name, int nd, const int64_t *shape, int t
                  idx_types[ti].name);
 }
 
+/* After inflating a gzipped IDX file: true (with the error set) unless the
+ * stream held exactly the data_bytes the header declares.  With more output
+ * still pending the exact excess is unknown, so the message names no count. */
+static bool inflated_size_error(const char *name, int nd, const int64_t *shape, int ti,
+                                size_t data_bytes, size_t hdr, size_t zn, bool more) {
+  size_t got = zn > hdr ? zn - hdr : 0;
+  if (got >= data_bytes && !more) return false;
+  if (more) {
+    char b[200];
+    mm_set_error("read_idx: '%s': trailing data after the %zu bytes that the header's shape %s "
+                 "of %s declares", name, data_bytes, mm_shape_str(nd, shape, b, sizeof b),
+                 idx_types[ti].name);
+  } else {
+    idx_size_error(name, nd, shape, ti, data_bytes, got);
+  }
+  return true;
+}
+
 mm_tensor *mm_idx_parse(const void *buf, size_t len, mm_dtype dt, const char *name) {
   const unsigned char *p = buf;
   int nd, ti;
@@ -512,15 +530,7 @@ mm_tensor *mm_idx_parse(const void *buf, size_t len, mm_dtype dt, const char *na
         mm_tensor_release(t);
         return NULL;
       }
-      if (zn < hdr + data_bytes || more) {
-        if (more) {
-          char b[200];
-          mm_set_error("read_idx: '%s': trailing data after the %zu bytes that the header's shape "
-                       "%s of %s declares", name, data_bytes, mm_shape_str(nd, shape, b, sizeof b),
-                       idx_types[ti].name);
-        } else {
-          idx_size_error(name, nd, shape, ti, data_bytes, zn - hdr);
-        }
+      if (inflated_size_error(name, nd, shape, ti, data_bytes, hdr, zn, more)) {
         mm_tensor_release(t);
         return NULL;
       }
@@ -529,16 +539,7 @@ mm_tensor *mm_idx_parse(const void *buf, size_t len, mm_dtype dt, const char *na
     }
     if (gunzip(p, len, hdr + data_bytes, true, NULL, &z, &zn, &more, "read_idx", name) < 0)
       return NULL;
-    if (zn < hdr + data_bytes || more) {
-      /* With more output pending, the exact excess is unknown: say "at least". */
-      if (more) {
-        char b[200];
-        mm_set_error("read_idx: '%s': trailing data after the %zu bytes that the header's shape %s "
-                     "of %s declares", name, data_bytes, mm_shape_str(nd, shape, b, sizeof b),
-                     idx_types[ti].name);
-      } else {
-        idx_size_error(name, nd, shape, ti, data_bytes, zn - hdr);
-      }
+    if (inflated_size_error(name, nd, shape, ti, data_bytes, hdr, zn, more)) {
       free(z);
       return NULL;
     }
