@@ -9,6 +9,7 @@
  * independent of the others, so the split cannot change the result. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "adam_kernel.h"
@@ -251,36 +252,196 @@ static void adam_apply(mm_tensor *p, mm_tensor *g, void *vctx) {
   parallel_elements(mm_numel(p), p->dtype == MM_FLOAT32 ? adam_f32 : adam_f64, c);
 }
 
-int mm_adam_step(mm_tensor *param, mm_tensor *grad, mm_tensor *exp_avg, mm_tensor *exp_avg_sq,
-                 mm_tensor *max_sq, const mm_adam_opts *o) {
-  const char *op = o->decoupled ? "adamw_step" : "adam_step";
-  if (check_param(op, param) < 0 || check_like_param(op, "grad", param, grad, false) < 0 ||
-      check_like_param(op, "exp_avg", param, exp_avg, true) < 0 ||
-      check_like_param(op, "exp_avg_sq", param, exp_avg_sq, true) < 0)
+/* The checks of one Adam step; what prefixes messages about the i-th
+ * parameter of a multi-tensor step ("" for a single step). */
+static int adam_check(const char *op, const char *what, mm_tensor *param, mm_tensor *grad,
+                      mm_tensor *exp_avg, mm_tensor *exp_avg_sq, mm_tensor *max_sq,
+                      const mm_adam_opts *o, int64_t step) {
+  char where[96];
+  snprintf(where, sizeof where, "%s%s", op, what);
+  if (check_param(where, param) < 0 || check_like_param(where, "grad", param, grad, false) < 0 ||
+      check_like_param(where, "exp_avg", param, exp_avg, true) < 0 ||
+      check_like_param(where, "exp_avg_sq", param, exp_avg_sq, true) < 0)
     return -1;
-  if (o->amsgrad && check_like_param(op, "max_exp_avg_sq", param, max_sq, true) < 0) return -1;
-  if (o->step < 1) {
+  if (o->amsgrad && check_like_param(where, "max_exp_avg_sq", param, max_sq, true) < 0) return -1;
+  if (step < 1) {
     mm_set_error("%s: expected a step count >= 1 (bias correction divides by 1 - beta^step), "
-                 "got %lld", op, (long long)o->step);
+                 "got %lld", where, (long long)step);
     return -1;
   }
   if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1)) {
-    mm_set_error("%s: expected betas in [0, 1), got (%g, %g)", op, o->beta1, o->beta2);
+    mm_set_error("%s: expected betas in [0, 1), got (%g, %g)", where, o->beta1, o->beta2);
     return -1;
   }
-  adam_ctx c = {
+  return 0;
+}
+
+static adam_ctx adam_context(mm_tensor *exp_avg, mm_tensor *exp_avg_sq, mm_tensor *max_sq,
+                             const mm_adam_opts *o, int64_t step) {
+  return (adam_ctx){
     .m = mm_data_ptr(exp_avg), .v = mm_data_ptr(exp_avg_sq),
     .vmax = o->amsgrad ? mm_data_ptr(max_sq) : NULL,
-    .step_size = o->lr / (1 - pow(o->beta1, (double)o->step)),
-    .bc2_sqrt = sqrt(1 - pow(o->beta2, (double)o->step)),
+    .step_size = o->lr / (1 - pow(o->beta1, (double)step)),
+    .bc2_sqrt = sqrt(1 - pow(o->beta2, (double)step)),
     .decay = 1 - o->lr * o->weight_decay,
     .o = o,
   };
-  if (with_contiguous(param, grad, adam_apply, &c) < 0) return -1;
+}
+
+static void adam_bump(mm_tensor *exp_avg, mm_tensor *exp_avg_sq, mm_tensor *max_sq, bool amsgrad) {
   mm_bump_version(exp_avg);
   mm_bump_version(exp_avg_sq);
-  if (o->amsgrad) mm_bump_version(max_sq);
+  if (amsgrad) mm_bump_version(max_sq);
+}
+
+int mm_adam_step(mm_tensor *param, mm_tensor *grad, mm_tensor *exp_avg, mm_tensor *exp_avg_sq,
+                 mm_tensor *max_sq, const mm_adam_opts *o) {
+  const char *op = o->decoupled ? "adamw_step" : "adam_step";
+  if (adam_check(op, "", param, grad, exp_avg, exp_avg_sq, max_sq, o, o->step) < 0) return -1;
+  adam_ctx c = adam_context(exp_avg, exp_avg_sq, max_sq, o, o->step);
+  if (with_contiguous(param, grad, adam_apply, &c) < 0) return -1;
+  adam_bump(exp_avg, exp_avg_sq, max_sq, o->amsgrad);
   return 0;
+}
+
+/* ---- Adam over many parameters in one pool loop ---------------------------------
+ *
+ * A model's parameters are a handful of tensors of very different sizes (an
+ * MLP: 200k, 33k, 1.3k weights and biases of a few hundred).  Stepping them
+ * one by one costs a pool dispatch per tensor and leaves a core idle on
+ * every small one; here the float32 ones are cut into blocks of one list and
+ * claimed by the pool together.  Each element still sees exactly
+ * mm_adam_f32_body's operations, so the result is the one-by-one result, bit
+ * for bit, at any thread count. */
+#define ADAM_MULTI_BLOCK 8192
+
+typedef struct { int32_t seg; int64_t begin, end; } adam_task;
+typedef struct {
+  const mm_adam_f32_args *segs;
+  const adam_task *tasks;
+  void (*kernel)(const mm_adam_f32_args *, int64_t, int64_t);
+} adam_multi_job;
+
+static void adam_multi_run(void *ctx, int64_t b, int64_t e) {
+  const adam_multi_job *j = ctx;
+  for (int64_t t = b; t < e; t++) {
+    const adam_task *k = &j->tasks[t];
+    j->kernel(&j->segs[k->seg], k->begin, k->end);
+  }
+}
+
+static void adam_portable_kernel(const mm_adam_f32_args *a, int64_t b, int64_t e) {
+  mm_adam_f32_body(a, b, e);
+}
+
+typedef struct { uintptr_t lo, hi; } byte_range;
+
+static int range_cmp(const void *x, const void *y) {
+  const byte_range *a = x, *b = y;
+  return a->lo < b->lo ? -1 : a->lo > b->lo;
+}
+
+/* Whether any two of the n ranges overlap. */
+static bool any_overlap(byte_range *r, int64_t n) {
+  qsort(r, (size_t)n, sizeof *r, range_cmp);
+  for (int64_t i = 1; i < n; i++)
+    if (r[i].lo < r[i - 1].hi) return true;
+  return false;
+}
+
+int mm_adam_step_multi(int64_t n, const mm_adam_item *items, const mm_adam_opts *o) {
+  const char *op = o->decoupled ? "adamw_step" : "adam_step";
+  if (n < 0) {
+    mm_set_error("%s: expected a parameter count >= 0, got %lld", op, (long long)n);
+    return -1;
+  }
+  /* Every check first, so a bad item leaves every parameter untouched. */
+  for (int64_t i = 0; i < n; i++) {
+    const mm_adam_item *it = &items[i];
+    char what[48];
+    snprintf(what, sizeof what, " (parameter %lld)", (long long)(i + 1));
+    if (adam_check(op, what, it->param, it->grad, it->exp_avg, it->exp_avg_sq, it->max_sq, o,
+                   it->step) < 0)
+      return -1;
+  }
+  /* The fused loop takes float32, contiguous parameter and gradient, no
+   * AMSGrad: everything a training run has.  Anything else, and any set
+   * whose written buffers overlap (where only one-by-one order defines the
+   * result), goes through mm_adam_step one item at a time. */
+  int64_t nfast = 0, ntasks = 0;
+  bool *fast = calloc((size_t)(n ? n : 1), sizeof *fast);
+  mm_adam_f32_args *segs = malloc((size_t)(n ? n : 1) * sizeof *segs);
+  byte_range *ranges = malloc((size_t)(n ? n : 1) * 3 * sizeof *ranges);
+  if (!fast || !segs || !ranges) {
+    free(fast); free(segs); free(ranges);
+    mm_set_error("%s: out of memory for %lld parameters", op, (long long)n);
+    return -1;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    const mm_adam_item *it = &items[i];
+    fast[i] = it->param->dtype == MM_FLOAT32 && !o->amsgrad && mm_is_contiguous(it->param) &&
+              mm_is_contiguous(it->grad);
+    if (!fast[i]) continue;
+    int64_t len = mm_numel(it->param);
+    uintptr_t p = (uintptr_t)mm_data_ptr(it->param), m = (uintptr_t)mm_data_ptr(it->exp_avg),
+              v = (uintptr_t)mm_data_ptr(it->exp_avg_sq), bytes = (uintptr_t)len * sizeof(float);
+    ranges[3 * nfast] = (byte_range){p, p + bytes};
+    ranges[3 * nfast + 1] = (byte_range){m, m + bytes};
+    ranges[3 * nfast + 2] = (byte_range){v, v + bytes};
+    nfast++;
+    ntasks += (len + ADAM_MULTI_BLOCK - 1) / ADAM_MULTI_BLOCK;
+  }
+  if (any_overlap(ranges, 3 * nfast)) {
+    for (int64_t i = 0; i < n; i++) fast[i] = false;
+    ntasks = 0;
+  }
+  free(ranges);
+  adam_task *tasks = malloc((size_t)(ntasks ? ntasks : 1) * sizeof *tasks);
+  if (!tasks) {
+    free(fast); free(segs);
+    mm_set_error("%s: out of memory for %lld parameters", op, (long long)n);
+    return -1;
+  }
+  int64_t t = 0;
+  int32_t nseg = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (!fast[i]) continue;
+    const mm_adam_item *it = &items[i];
+    adam_ctx c = adam_context(it->exp_avg, it->exp_avg_sq, NULL, o, it->step);
+    segs[nseg] = (mm_adam_f32_args){
+      .p = mm_data_ptr(it->param), .g = mm_data_ptr(it->grad), .m = c.m, .v = c.v,
+      .b1 = (float)o->beta1, .b2 = (float)o->beta2,
+      .one_b1 = (float)(1 - o->beta1), .one_b2 = (float)(1 - o->beta2),
+      .wd = (float)o->weight_decay, .l2 = !o->decoupled && o->weight_decay != 0,
+      .decay = o->decoupled && o->weight_decay != 0 ? (float)c.decay : 1.0f,
+      .step_size = (float)c.step_size, .bc2_sqrt = (float)c.bc2_sqrt, .eps = (float)o->eps,
+    };
+    int64_t len = mm_numel(it->param);
+    for (int64_t b = 0; b < len; b += ADAM_MULTI_BLOCK)
+      tasks[t++] = (adam_task){nseg, b, b + ADAM_MULTI_BLOCK < len ? b + ADAM_MULTI_BLOCK : len};
+    nseg++;
+  }
+  if (t > 0) {
+    adam_multi_job j = {segs, tasks,
+                        mm_kernel_id() >= MM_KERNEL_AVX2 ? mm_adam_f32_avx2 : adam_portable_kernel};
+    mm_parallel_for_chunks(t, t, adam_multi_run, &j);   /* claimed one by one: sizes differ */
+  }
+  free(tasks);
+  free(segs);
+  int rc = 0;
+  for (int64_t i = 0; i < n && rc == 0; i++) {
+    const mm_adam_item *it = &items[i];
+    if (fast[i]) {
+      mm_bump_version(it->param);
+      adam_bump(it->exp_avg, it->exp_avg_sq, NULL, false);
+    } else {
+      mm_adam_opts oi = *o;
+      oi.step = it->step;
+      rc = mm_adam_step(it->param, it->grad, it->exp_avg, it->exp_avg_sq, it->max_sq, &oi);
+    }
+  }
+  free(fast);
+  return rc;
 }
 
 /* ---- norms for gradient clipping ---------------------------------------------------- */

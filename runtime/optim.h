@@ -54,6 +54,16 @@ typedef struct mm_adam_opts {
 int mm_adam_step(mm_tensor *param, mm_tensor *grad, mm_tensor *exp_avg, mm_tensor *exp_avg_sq,
                  mm_tensor *max_sq, const mm_adam_opts *o);
 
+/* One Adam step of n distinct parameters, each with its own step count
+ * (o->step is ignored).  Same result as mm_adam_step on each in turn, bit
+ * for bit; the float32 ones run as one parallel loop.  Every item is
+ * checked before any is updated. */
+typedef struct mm_adam_item {
+  mm_tensor *param, *grad, *exp_avg, *exp_avg_sq, *max_sq;
+  int64_t step;
+} mm_adam_item;
+int mm_adam_step_multi(int64_t n, const mm_adam_item *items, const mm_adam_opts *o);
+
 /* sum |x|^p over t's elements, accumulated in double in a fixed order (so
  * it does not depend on the thread count); p == INFINITY gives max |x|.
  * Used by clip_grad_norm.  Returns 0 and *out, or -1 for a non-float

@@ -3,6 +3,7 @@
 -- clip_grad_norm, schedulers, and the kernels' error messages.
 local mm = require "microml"
 local optim = mm.optim
+local assert_identical = require("helpers").assert_identical
 
 local F64 = { dtype = "float64" }
 
@@ -436,5 +437,139 @@ describe("fused kernels", function()
                      "expected a contiguous exp_avg buffer")
     assert_error_has(function() mm._norm_accumulate(mm.zeros(2, { dtype = "int64" })) end,
                      "expected a float32 or float64 tensor, got int64")
+  end)
+end)
+
+describe("Adam over a whole group in one call (mm._adam_multi)", function()
+  -- A model-like set: sizes that split into many blocks, one that does not,
+  -- and a 1-element bias; float32 as in training.
+  local SIZES = { { 300, 70 }, { 300 }, { 70, 9 }, { 1 } }
+
+  local function make(dtype, seed)
+    mm.manual_seed(seed or 3)
+    local ps = {}
+    for i, s in ipairs(SIZES) do
+      ps[i] = mm.randn(s[1], s[2], { dtype = dtype })
+      ps[i].requires_grad = true
+    end
+    return ps
+  end
+
+  local function grads_for(ps, step)
+    mm.manual_seed(100 + step)
+    for _, p in ipairs(ps) do p.grad = mm.randn(table.unpack(p:size())):to(p:dtype()) end
+  end
+
+  -- The one-tensor-at-a-time kernel is the reference the fused loop must match bit for bit.
+  local function reference(ps, o, decoupled, steps)
+    local st = {}
+    for s = 1, steps do
+      grads_for(ps, s)
+      for i, p in ipairs(ps) do
+        st[i] = st[i] or { m = mm.zeros_like(p), v = mm.zeros_like(p), x = mm.zeros_like(p) }
+        local kernel = decoupled and mm._adamw_step or mm._adam_step
+        kernel(p, p.grad, st[i].m, st[i].v, o.amsgrad and st[i].x or nil, o.lr, o.betas[1], o.betas[2],
+               o.eps, o.weight_decay, s)
+      end
+    end
+  end
+
+  local function fused(ps, o, cls, steps)
+    local opt = cls(ps, o)
+    for s = 1, steps do grads_for(ps, s); opt:step() end
+    return opt
+  end
+
+  local cases = {
+    { "AdamW float32", optim.AdamW, true, "float32", { lr = 0.01, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0.01, amsgrad = false } },
+    { "Adam L2 float32", optim.Adam, false, "float32", { lr = 0.02, betas = { 0.8, 0.99 }, eps = 1e-6, weight_decay = 0.1, amsgrad = false } },
+    { "AdamW float64", optim.AdamW, true, "float64", { lr = 0.01, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0.01, amsgrad = false } },
+    { "AdamW AMSGrad float32", optim.AdamW, true, "float32", { lr = 0.05, betas = { 0.5, 0.9 }, eps = 1e-8, weight_decay = 0.01, amsgrad = true } },
+  }
+  for _, c in ipairs(cases) do
+    it("matches the per-tensor kernel bit for bit: " .. c[1], function()
+      local a, b = make(c[4]), make(c[4])
+      reference(a, c[5], c[3], 4)
+      local opt = fused(b, c[5], c[2], 4)
+      for i = 1, #a do assert_identical(a[i], b[i]) end
+      for _, p in ipairs(b) do assert.are.equal(4, opt.state[p].step) end
+    end)
+  end
+
+  it("gives the same bits with one thread and with two", function()
+    local before = mm.get_num_threads()
+    local o = { lr = 0.01, weight_decay = 0.01 }
+    mm.set_num_threads(1)
+    local a = make("float32"); fused(a, o, optim.AdamW, 3)
+    mm.set_num_threads(2)
+    local b = make("float32"); fused(b, o, optim.AdamW, 3)
+    mm.set_num_threads(before)
+    for i = 1, #a do assert_identical(a[i], b[i]) end
+  end)
+
+  it("steps a parameter without a gradient not at all, and keeps per-parameter step counts", function()
+    local ps = make("float32")
+    local opt = optim.AdamW(ps)
+    grads_for(ps, 1); opt:step()
+    local frozen = ps[2]:clone()
+    grads_for(ps, 2); ps[2].grad = nil; opt:step()
+    assert_identical(frozen, ps[2])
+    assert.are.equal(2, opt.state[ps[1]].step)
+    assert.are.equal(1, opt.state[ps[2]].step)
+    -- and the next step of ps[2] uses its own count (2), as the per-tensor kernel would
+    local ref = frozen:clone()
+    local st = opt.state[ps[2]]
+    local m, v = st.exp_avg:clone(), st.exp_avg_sq:clone()
+    grads_for(ps, 3); opt:step()
+    mm._adamw_step(ref, ps[2].grad, m, v, nil, 1e-3, 0.9, 0.999, 1e-8, 1e-2, 2)
+    assert_identical(ref, ps[2])
+  end)
+
+  it("updates a non-contiguous parameter through its view", function()
+    local base = mm.tensor({ { 1.0, 2.0, 3.0 }, { 4.0, 5.0, 6.0 } })
+    local p = base:t()
+    p.requires_grad = true
+    local q = mm.tensor({ 1.0, 2.0, 3.0, 4.0, 5.0, 6.0 })
+    q.requires_grad = true
+    local opt = optim.AdamW({ p, q }, { lr = 0.1 })
+    p.grad = mm.ones(3, 2)
+    q.grad = mm.ones(6)
+    opt:step()
+    -- first AdamW step with g = 1: p * (1 - lr*wd) - lr
+    local want = {}
+    for k = 1, 6 do want[k] = k * (1 - 0.1 * 0.01) - 0.1 end
+    assert_close(want, values(q), 1e-6, "contiguous")
+    assert_close(want, values(base), 1e-6, "through the transposed view")
+  end)
+
+  it("checks every parameter before it updates any, and does not advance the step", function()
+    local ps = make("float32")
+    local opt = optim.AdamW(ps)
+    grads_for(ps, 1); opt:step()
+    local before = {}
+    for i, p in ipairs(ps) do before[i] = p:clone() end
+    grads_for(ps, 2)
+    opt.state[ps[3]].exp_avg = mm.zeros(9, 70)   -- a wrong buffer, third of four
+    assert_error_has(function() opt:step() end, "adamw_step (parameter 3): expected exp_avg of the parameter's shape (70, 9), got (9, 70)")
+    for i, p in ipairs(ps) do assert_identical(before[i], p) end
+    for _, p in ipairs(ps) do assert.are.equal(1, opt.state[p].step) end
+  end)
+
+  it("names bad lists and entries", function()
+    local p, g = mm.zeros(2), mm.zeros(2)
+    local m, v = mm.zeros(2), mm.zeros(2)
+    assert_error_has(function() mm._adam_multi(true, { p }, { g }, { m }, {}, nil, { 1 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
+                     "expected exp_avg_sqs to have 1 entries like params, got 0")
+    assert_error_has(function() mm._adam_multi(true, { p }, { "x" }, { m }, { v }, nil, { 1 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
+                     "expected a Tensor as grads[1], got string")
+    assert_error_has(function() mm._adam_multi(true, { p }, { g }, { m }, { v }, nil, { 1.5 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
+                     "expected an integer as steps[1], got number")
+    assert_error_has(function() mm._adam_multi(true, { p }, { g }, { m }, { v }, nil, { 0 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
+                     "adamw_step (parameter 1): expected a step count >= 1")
+    -- aliased buffers: still correct (one at a time), no race
+    local q = mm.ones(4)
+    mm._adam_multi(true, { q, q }, { mm.ones(4), mm.ones(4) }, { mm.zeros(4), mm.zeros(4) },
+                   { mm.zeros(4), mm.zeros(4) }, nil, { 1, 1 }, 0.1, 0.9, 0.999, 1e-8, 0)
+    assert_close({ 0.8, 0.8, 0.8, 0.8 }, values(q), 1e-6, "two steps of the same tensor")
   end)
 end)

@@ -168,6 +168,10 @@ function Optimizer:step(closure)
   end
   if closure then loss = closure() end
   for _, group in ipairs(self.param_groups) do
+    if self.update_group then
+      self:update_group(group)
+      goto next_group
+    end
     for _, p in ipairs(group.params) do
       local g = p.grad
       if g then
@@ -176,6 +180,7 @@ function Optimizer:step(closure)
         self:update(p, g, group, st)
       end
     end
+    ::next_group::
   end
   return loss
 end
@@ -380,13 +385,64 @@ local function adam_update(kernel)
   end
 end
 
+-- A whole group in one call: mm._adam_multi steps every parameter that has
+-- a gradient as one parallel loop (the same arithmetic as adam_update, bit
+-- for bit), instead of one pool dispatch per tensor.  The lists are kept
+-- between steps so a step allocates nothing; they are emptied after the
+-- call so they never keep a gradient alive.
+local function adam_update_group(decoupled)
+  local fields = { "ps", "gs", "ms", "vs", "xs", "steps" }
+  return function(self, g)
+    local s = self._lists
+    if not s then
+      s = { ps = {}, gs = {}, ms = {}, vs = {}, xs = {}, steps = {}, sts = {} }
+      self._lists = s
+    end
+    local ps, gs, ms, vs, xs, steps, sts = s.ps, s.gs, s.ms, s.vs, s.xs, s.steps, s.sts
+    local amsgrad = g.amsgrad
+    local n = 0
+    for _, p in ipairs(g.params) do
+      local grad = p.grad
+      if grad then
+        local st = self.state[p]
+        if not st then st = {}; self.state[p] = st end
+        if not st.exp_avg then
+          st.step = 0
+          st.exp_avg = mm.zeros_like(p)
+          st.exp_avg_sq = mm.zeros_like(p)
+        end
+        if amsgrad and not st.max_exp_avg_sq then st.max_exp_avg_sq = mm.zeros_like(p) end
+        n = n + 1
+        ps[n], gs[n], ms[n], vs[n], steps[n], sts[n] = p, grad, st.exp_avg, st.exp_avg_sq, st.step + 1, st
+        if amsgrad then xs[n] = st.max_exp_avg_sq end
+      end
+    end
+    local ok, err = true, nil
+    if n > 0 then
+      ok, err = pcall(mm._adam_multi, decoupled, ps, gs, ms, vs, amsgrad and xs or nil, steps,
+                      g.lr, g.betas[1], g.betas[2], g.eps, g.weight_decay)
+    end
+    -- Step counts advance only when the step happened (the kernel checks
+    -- every parameter before it updates any).
+    if ok then for k = 1, n do sts[k].step = steps[k] end end
+    for _, f in ipairs(fields) do
+      local t = s[f]
+      for k = 1, n do t[k] = nil end
+    end
+    for k = 1, n do sts[k] = nil end
+    if not ok then error(err, 0) end
+  end
+end
+
 local Adam = optimizer_class("Adam",
   { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0, amsgrad = false },
   validate_adam, adam_update(mm._adam_step))
+Adam.update_group = adam_update_group(false)
 
 local AdamW = optimizer_class("AdamW",
   { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 1e-2, amsgrad = false },
   validate_adam, adam_update(mm._adamw_step))
+AdamW.update_group = adam_update_group(true)
 
 --- optim.Adam(params, {lr=1e-3, betas={0.9, 0.999}, eps=1e-8, weight_decay=0, amsgrad=false})
 -- weight_decay is an L2 term added to the gradient (coupled with the
