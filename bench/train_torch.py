@@ -3,14 +3,25 @@
 Owns one PyTorch training run of exactly the recipe bench/train_bench.lua
 runs in MicroML (and examples/train.lua by default): Fashion-MNIST pixels
 scaled to [0, 1] then standardised with the training set's mean and
-(unbiased) std, an MLP 784-256-128-10 with ReLU and torch's default Linear
-init, AdamW (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 1e-2), batches
-of 128 drawn through a fresh permutation each epoch (the last, short batch
-kept), mean cross-entropy, and the lr following a per-step cosine from 1e-3
-to 0 over all the run's steps.  Test accuracy is computed in batches of 1000
-under no_grad after the last epoch.
+(unbiased) std, an MLP 784-256-128-10 with ReLU, AdamW (lr 1e-3, betas
+0.9/0.999, eps 1e-8, weight decay 1e-2), batches of 128 drawn through a
+permutation per epoch (the last, short batch kept), mean cross-entropy, and
+the lr following a per-step cosine from 1e-3 to 0 over all the run's steps.
+Test accuracy is computed in batches of 1000 under no_grad after the last
+epoch.
 
-    /usr/bin/python3 bench/train_torch.py --threads N --epochs E [--seed S]
+    /usr/bin/python3 bench/train_torch.py --threads N --epochs E [--seed S] [--init DIR]
+
+With --init DIR (what the driver passes) the run starts from MicroML's
+initial weights and walks MicroML's batch order, so its accuracy can be
+compared with the MicroML run of the same round pair by pair instead of
+through two unrelated seeds' noise.  DIR holds, written by the driver:
+    param_K.npy  the K-th parameter in model.parameters() order (Linear
+                 weight [out, in] then bias [out], layer by layer; MicroML's
+                 nn.MLP lists its parameters in the same order and layout);
+    perm_E.npy   epoch E's order of the training rows, int64, 0-based.
+Without --init it uses torch's default Linear init under torch.manual_seed(S)
+and a torch.randperm per epoch, as a stand-alone PyTorch run would.
 
 prints one machine-readable line that the driver parses:
 
@@ -33,6 +44,7 @@ ap.add_argument("--epochs", type=int, default=3)
 ap.add_argument("--seed", type=int, default=1)
 ap.add_argument("--batch-size", type=int, default=128)
 ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+ap.add_argument("--init", metavar="DIR", help="initial weights and batch orders (see above)")
 args = ap.parse_args()
 
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -86,10 +98,38 @@ model = torch.nn.Sequential(
     torch.nn.Linear(784, 256), torch.nn.ReLU(),
     torch.nn.Linear(256, 128), torch.nn.ReLU(),
     torch.nn.Linear(128, 10))
+n, bs = train_x.shape[0], args.batch_size
+
+
+def load_params(d):
+    """Copies DIR's weights into the model."""
+    with torch.no_grad():
+        for k, p in enumerate(model.parameters(), 1):
+            src = np.load(os.path.join(d, "param_%d.npy" % k))
+            if tuple(src.shape) != tuple(p.shape):
+                sys.exit("train_torch.py: param_%d.npy holds %s, parameter %d is %s"
+                         % (k, src.shape, k, tuple(p.shape)))
+            p.copy_(torch.from_numpy(src))
+
+
+def load_perm(d, e):
+    """DIR's order for epoch e (0-based row numbers)."""
+    perm = np.load(os.path.join(d, "perm_%d.npy" % e))
+    if perm.dtype != np.int64 or perm.shape != (n,) or not np.array_equal(np.sort(perm), np.arange(n)):
+        sys.exit("train_torch.py: perm_%d.npy is not an int64 permutation of 0..%d" % (e, n - 1))
+    return torch.from_numpy(perm)
+
+
+def own_perm(e):
+    g = torch.Generator().manual_seed(args.seed * 100003 + e)
+    return torch.randperm(n, generator=g)
+
+
+if args.init:
+    load_params(args.init)
 base_lr = 1e-3
 opt = torch.optim.AdamW(model.parameters(), lr=base_lr, betas=(0.9, 0.999), eps=1e-8,
                         weight_decay=1e-2)
-n, bs = train_x.shape[0], args.batch_size
 steps_per_epoch = (n + bs - 1) // bs
 total_steps = args.epochs * steps_per_epoch
 step = 0
@@ -97,8 +137,8 @@ loss_fn = torch.nn.functional.cross_entropy
 
 epoch_times = []
 for epoch in range(1, args.epochs + 1):
-    g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=g)
+    # Read or drawn before the clock starts, as on the MicroML side.
+    perm = load_perm(args.init, epoch) if args.init else own_perm(epoch)
     model.train()
     t0 = time.perf_counter()
     for start in range(0, n, bs):

@@ -163,6 +163,33 @@ describe("DataLoader", function()
     assert.are.same({10}, values(batches[3][2]))
   end)
 
+  it("walks a given order with sampler=, every epoch, for both kinds of dataset", function()
+    local x = mm.arange(10):reshape(10, 1)
+    local order = mm.tensor({3, 1, 2, 10, 9, 9, 7}, {dtype = "int64"})   -- a subset, a repeat
+    local loader = data.DataLoader(data.TensorDataset(x), {batch_size = 3, sampler = order})
+    assert.are.equal(3, #loader)
+    for _ = 1, 2 do
+      local seen = {}
+      for xb in loader:iter() do for _, v in ipairs(values(xb)) do seen[#seen + 1] = v end end
+      assert.are.same({2, 0, 1, 9, 8, 8, 6}, seen)
+    end
+    local generic = {len = function() return 10 end, get = function(_, i) return i end}
+    local got = {}
+    for b in data.DataLoader(generic, {batch_size = 4, sampler = order}):iter() do
+      for _, v in ipairs(values(b)) do got[#got + 1] = v end
+    end
+    assert.are.same({3, 1, 2, 10, 9, 9, 7}, got)
+    local ds = data.TensorDataset(mm.zeros(4))
+    fails_with({"sampler", "1-D int64 tensor", "got float32(4)"}, data.DataLoader, ds, {sampler = mm.zeros(4)})
+    fails_with({"sampler", "got table"}, data.DataLoader, ds, {sampler = {1, 2}})
+    fails_with({"sampler index 5 is out of range (expected 1..4)"}, data.DataLoader, ds,
+               {sampler = mm.tensor({1, 5}, {dtype = "int64"})})
+    fails_with({"sampler index 0 is out of range"}, data.DataLoader, ds,
+               {sampler = mm.tensor({0, 1}, {dtype = "int64"})})
+    fails_with({"sampler and shuffle exclude each other"}, data.DataLoader, ds,
+               {shuffle = true, sampler = mm.tensor({1}, {dtype = "int64"})})
+  end)
+
   it("handles an empty data set and rejects bad options", function()
     local empty = data.TensorDataset(mm.zeros(0, 3))
     local loader = data.DataLoader(empty, {batch_size = 4, shuffle = true})

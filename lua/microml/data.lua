@@ -131,9 +131,12 @@ local function dataset_len(ds)
   error("DataLoader: the dataset has neither a len() method nor a __len metamethod", 3)
 end
 
---- data.DataLoader(dataset, {batch_size=1, shuffle=false, drop_last=false, seed=nil})
+--- data.DataLoader(dataset, {batch_size=1, shuffle=false, drop_last=false, seed=nil, sampler=nil})
 -- dataset: a TensorDataset, or any object with len() (or __len) and get(i)
 -- returning one sample (tensors and/or numbers), which are stacked.
+-- sampler: a 1-D int64 tensor of 1-based sample indices, the order every
+-- epoch walks (any length, repeats allowed), as torch's sampler=; it
+-- excludes shuffle.  E.g. an order written by another program, or a subset.
 function data.DataLoader(dataset, opts)
   if type(dataset) ~= "table" then
     error(("DataLoader: expected a dataset (a table with len and get), got %s"):format(type(dataset)), 2)
@@ -152,7 +155,25 @@ function data.DataLoader(dataset, opts)
     drop_last = opts.drop_last and true or false,
     epoch = 0,
   }, DataLoader)
-  dataset_len(dataset)   -- fail now, not in the first epoch
+  local n = dataset_len(dataset)   -- fail now, not in the first epoch
+  if opts.sampler ~= nil then
+    local sp = opts.sampler
+    if not mm.is_tensor(sp) or sp:dtype() ~= "int64" or sp:dim() ~= 1 then
+      error(("DataLoader: expected sampler to be a 1-D int64 tensor of sample indices, got %s")
+            :format(mm.is_tensor(sp) and (sp:dtype() .. shape_str(sp)) or type(sp)), 2)
+    end
+    if self.shuffle then
+      error("DataLoader: sampler and shuffle exclude each other (the sampler is the order)", 2)
+    end
+    if sp:numel() > 0 then
+      local lo, hi = sp:min():item(), sp:max():item()
+      if lo < 1 or hi > n then
+        error(("DataLoader: sampler index %d is out of range (expected 1..%d)")
+              :format(lo < 1 and lo or hi, n), 2)
+      end
+    end
+    self.sampler = sp
+  end
   if opts.seed ~= nil then
     local seed = check_int(opts.seed, "DataLoader: seed", math.mininteger)
     -- The loader's own generator: seeded once, advanced only by its shuffles.
@@ -166,7 +187,7 @@ end
 
 --- #loader: batches per epoch.
 function DataLoader:__len()
-  local n, bs = dataset_len(self.dataset), self.batch_size
+  local n, bs = self.sampler and self.sampler:numel() or dataset_len(self.dataset), self.batch_size
   if self.drop_last then return n // bs end
   return (n + bs - 1) // bs
 end
@@ -204,9 +225,9 @@ end
 --- loader:iter(): `for x, y in loader:iter() do ... end` — one epoch.
 function DataLoader:iter()
   local ds, bs = self.dataset, self.batch_size
-  local n = dataset_len(ds)
+  local n = self.sampler and self.sampler:numel() or dataset_len(ds)
   local nb = #self
-  local order = self.shuffle and n > 0 and self:_permutation(n) or nil
+  local order = self.sampler or self.shuffle and n > 0 and self:_permutation(n) or nil
   self.epoch = self.epoch + 1
   local b = 0
   local fast = getmetatable(ds) == TensorDataset
