@@ -7,8 +7,14 @@
  *
  * The arithmetic is PyTorch's single-tensor float32 AdamW:
  *   p *= decay;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
- *   p -= step_size * (m / (sqrt(v) / sqrt(1-b2^t) + eps))
- * all in float; Adam's L2 term (g += wd*p) when l2 is set. */
+ *   p -= step_size * (m / (sqrt(v) * inv_bc2 + eps))
+ * all in float; Adam's L2 term (g += wd*p) when l2 is set.  One departure:
+ * torch divides sqrt(v) by sqrt(1-b2^t); here it is multiplied by the
+ * reciprocal, computed once in double.  The loop is bound by the divider
+ * (sqrt and division share it), and one division fewer per element took a
+ * step of the benchmark MLP's 235k parameters from 96 to 71 us on one
+ * thread.  The two differ by about an ulp of the update, which is ~1e-3 of
+ * the parameter, so the stored parameter rarely differs at all. */
 #ifndef MICROML_ADAM_KERNEL_H
 #define MICROML_ADAM_KERNEL_H
 
@@ -24,7 +30,7 @@ typedef struct {
   float wd;          /* L2 coefficient (Adam); used when l2 */
   float decay;       /* 1 - lr*wd for AdamW, 1 otherwise */
   float step_size;   /* lr / (1 - b1^t) */
-  float bc2_sqrt;    /* sqrt(1 - b2^t) */
+  float inv_bc2;     /* 1 / sqrt(1 - b2^t), rounded once from double */
   float eps;
   bool l2;
 } mm_adam_f32_args;
@@ -33,7 +39,7 @@ static inline void mm_adam_f32_body(const mm_adam_f32_args *a, int64_t begin, in
   float *restrict p = a->p, *restrict m = a->m, *restrict v = a->v;
   const float *restrict gr = a->g;
   const float b1 = a->b1, b2 = a->b2, one_b1 = a->one_b1, one_b2 = a->one_b2;
-  const float decay = a->decay, step_size = a->step_size, bc2_sqrt = a->bc2_sqrt, eps = a->eps;
+  const float decay = a->decay, step_size = a->step_size, inv_bc2 = a->inv_bc2, eps = a->eps;
   if (a->l2) {
     const float wd = a->wd;
     for (int64_t i = begin; i < end; i++) {
@@ -41,7 +47,7 @@ static inline void mm_adam_f32_body(const mm_adam_f32_args *a, int64_t begin, in
       float mi = b1 * m[i] + one_b1 * g, vi = b2 * v[i] + one_b2 * (g * g);
       m[i] = mi;
       v[i] = vi;
-      p[i] = p[i] * decay - step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+      p[i] = p[i] * decay - step_size * (mi / (sqrtf(vi) * inv_bc2 + eps));
     }
   } else {
     for (int64_t i = begin; i < end; i++) {
@@ -49,7 +55,7 @@ static inline void mm_adam_f32_body(const mm_adam_f32_args *a, int64_t begin, in
       float mi = b1 * m[i] + one_b1 * g, vi = b2 * v[i] + one_b2 * (g * g);
       m[i] = mi;
       v[i] = vi;
-      p[i] = p[i] * decay - step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+      p[i] = p[i] * decay - step_size * (mi / (sqrtf(vi) * inv_bc2 + eps));
     }
   }
 }

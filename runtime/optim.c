@@ -243,7 +243,7 @@ static void adam_apply(mm_tensor *p, mm_tensor *g, void *vctx) {
       .one_b1 = (float)(1 - o->beta1), .one_b2 = (float)(1 - o->beta2),
       .wd = (float)o->weight_decay, .l2 = !o->decoupled && o->weight_decay != 0,
       .decay = o->decoupled && o->weight_decay != 0 ? (float)c->decay : 1.0f,
-      .step_size = (float)c->step_size, .bc2_sqrt = (float)c->bc2_sqrt, .eps = (float)o->eps,
+      .step_size = (float)c->step_size, .inv_bc2 = (float)(1 / c->bc2_sqrt), .eps = (float)o->eps,
     };
     parallel_elements(mm_numel(p), mm_kernel_id() >= MM_KERNEL_AVX2 ? adam_fast_avx2
                                                                     : adam_fast_portable, &a);
@@ -414,7 +414,7 @@ int mm_adam_step_multi(int64_t n, const mm_adam_item *items, const mm_adam_opts 
       .one_b1 = (float)(1 - o->beta1), .one_b2 = (float)(1 - o->beta2),
       .wd = (float)o->weight_decay, .l2 = !o->decoupled && o->weight_decay != 0,
       .decay = o->decoupled && o->weight_decay != 0 ? (float)c.decay : 1.0f,
-      .step_size = (float)c.step_size, .bc2_sqrt = (float)c.bc2_sqrt, .eps = (float)o->eps,
+      .step_size = (float)c.step_size, .inv_bc2 = (float)(1 / c.bc2_sqrt), .eps = (float)o->eps,
     };
     int64_t len = mm_numel(it->param);
     for (int64_t b = 0; b < len; b += ADAM_MULTI_BLOCK)
