@@ -178,6 +178,57 @@ static int m_index_select(lua_State *L) {
   return mm_lua_push(L, mm_index_select(t, dim, mm_lua_check(L, 3), 1));
 }
 
+/* Background gathers for DataLoader (see mm_index_select_start):
+ *   h = mm._index_select_start({t1, t2, ...}, idx)   -- idx 1-based
+ *   t1, t2, ... = mm._index_select_finish(h)          -- once; h is spent after
+ * The handle is a userdata whose __gc abandons a gather never finished. */
+#define BG_GATHER_MT "microml.BackgroundGather"
+
+typedef struct { mm_bg_gather *g; } bg_box;
+
+static int bg_gc(lua_State *L) {
+  bg_box *b = luaL_checkudata(L, 1, BG_GATHER_MT);
+  mm_bg_gather_free(b->g);
+  b->g = NULL;
+  return 0;
+}
+
+static int l_index_select_start(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  mm_tensor *idx = mm_lua_check(L, 2);
+  int n = (int)lua_rawlen(L, 1);
+  if (n < 1 || n > MM_BG_GATHER_MAX)
+    return luaL_error(L, "index_select_start: expected a list of 1 to %d tensors, got %d entries",
+                      MM_BG_GATHER_MAX, n);
+  mm_tensor *xs[MM_BG_GATHER_MAX];
+  for (int k = 0; k < n; k++) {
+    lua_rawgeti(L, 1, k + 1);
+    xs[k] = mm_lua_test(L, -1);
+    if (!xs[k])
+      return luaL_error(L, "index_select_start: expected a Tensor as entry %d, got %s", k + 1,
+                        luaL_typename(L, -1));
+    lua_pop(L, 1);   /* the list keeps it alive */
+  }
+  bg_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->g = NULL;
+  luaL_setmetatable(L, BG_GATHER_MT);
+  b->g = mm_index_select_start(n, xs, idx, 1);
+  if (!b->g) return mm_lua_error(L);
+  return 1;
+}
+
+static int l_index_select_finish(lua_State *L) {
+  bg_box *b = luaL_checkudata(L, 1, BG_GATHER_MT);
+  if (!b->g) return luaL_error(L, "index_select_finish: this gather was already collected");
+  mm_bg_gather *g = b->g;
+  b->g = NULL;
+  mm_tensor *out[MM_BG_GATHER_MAX];
+  int n = mm_bg_gather_count(g);
+  mm_index_select_finish(g, out);
+  for (int k = 0; k < n; k++) mm_lua_push(L, out[k]);
+  return n;
+}
+
 /* t:gather(dim, idx) — idx int64 with t's ndim */
 static int m_gather(lua_State *L) {
   mm_tensor *t = mm_lua_check(L, 1);
@@ -213,8 +264,14 @@ static int l_one_hot(lua_State *L) {
 }
 
 void mm_lua_open_combine(lua_State *L, int module, int methods) {
+  if (luaL_newmetatable(L, BG_GATHER_MT)) {
+    lua_pushcfunction(L, bg_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
   static const luaL_Reg functions[] = {
     {"cat", l_cat}, {"stack", l_stack}, {"embedding", l_embedding}, {"one_hot", l_one_hot},
+    {"_index_select_start", l_index_select_start}, {"_index_select_finish", l_index_select_finish},
     {NULL, NULL}};
   static const luaL_Reg shared[] = {
     {"split", m_split}, {"chunk", m_chunk}, {"pad", l_pad}, {"clamp", m_clamp},

@@ -53,6 +53,20 @@ mm_tensor *mm_leaky_relu(mm_tensor *x, double slope);
 /* Entries of x at positions idx (0-dim or 1-D int64) along dim:
    out has x's shape with size(dim) replaced by numel(idx). */
 mm_tensor *mm_index_select(mm_tensor *x, int dim, mm_tensor *idx, int64_t base);
+
+/* index_select(x_k, 0, idx) for n tensors of equal row counts, copied by
+ * idle pool workers in the background (mm_parallel_background) while the
+ * caller goes on.  mm_index_select_finish collects the results (new
+ * references in out[0..n-1]) and frees g; mm_bg_gather_free abandons it.
+ * A source written in place before finish is copied again at finish, so
+ * the result is always the rows as they are then.  Sources that record a
+ * graph (requires_grad) are gathered at once by mm_index_select. */
+#define MM_BG_GATHER_MAX 8
+typedef struct mm_bg_gather mm_bg_gather;
+mm_bg_gather *mm_index_select_start(int n, mm_tensor *const *xs, mm_tensor *idx, int64_t base);
+int mm_index_select_finish(mm_bg_gather *g, mm_tensor **out);
+void mm_bg_gather_free(mm_bg_gather *g);
+int mm_bg_gather_count(const mm_bg_gather *g);   /* n */
 /* out[i] = x[i with i_dim replaced by idx[i]]; idx has x's ndim, and
    idx.size(d) <= x.size(d) for d != dim.  out has idx's shape. */
 mm_tensor *mm_gather(mm_tensor *x, int dim, mm_tensor *idx, int64_t base);

@@ -27,7 +27,17 @@
  * caller spins on `done`, then sleeps on `cv_done`.  `pool_busy` makes the
  * pool single-entry: a nested call, or a second application thread, just
  * runs its loop inline.  Plain mutex/condvar and C11 atomics throughout,
- * so ThreadSanitizer understands every synchronisation. */
+ * so ThreadSanitizer understands every synchronisation.
+ *
+ * Background loops (mm_parallel_background) fill the workers' idle time:
+ * between two foreground jobs the calling thread runs Lua, builds the graph
+ * and frees tensors, and a worker would only spin.  A worker that finds no
+ * foreground job claims one background task (its own claim word, same
+ * protocol), runs it, and looks for a foreground job again, so a job waits
+ * at most one short task for that worker (and the caller, which claims
+ * chunks itself, not at all).  The owner joins: it runs the tasks nobody
+ * started and waits for the rest.  The training loop's next batch is
+ * gathered this way. */
 #include "parallel.h"
 
 #include <pthread.h>
@@ -59,6 +69,19 @@ static atomic_int_least64_t job_ntasks, job_nchunks;
 static atomic_uint_least64_t claim;   /* generation << 32 | next chunk */
 static atomic_int_least64_t done;     /* chunks of the current job finished */
 static atomic_int quit;               /* tells workers to exit */
+
+/* The background loop (mm_parallel_background): the same claim-word
+   protocol as the foreground job, on its own word, so a worker that read
+   one loop's fields can never claim a task of the next. */
+static pthread_cond_t cv_bg = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t bg_mu = PTHREAD_MUTEX_INITIALIZER;  /* one starter/joiner at a time */
+static _Atomic(mm_parallel_fn) bg_fn;
+static _Atomic(void *) bg_ctx;
+static atomic_int_least64_t bg_ntasks;
+static atomic_uint_least64_t bg_claim;  /* generation << 32 | next task */
+static atomic_int_least64_t bg_done;    /* tasks of the current loop finished */
+static atomic_int live_workers;         /* nworkers, readable without pool_busy */
+static _Thread_local int is_worker;
 
 static pthread_t *workers;            /* nworkers threads */
 static int nworkers;                  /* owned by the holder of pool_busy */
@@ -141,18 +164,57 @@ static int job_ready(unsigned seen, uint64_t *w)
          atomic_load_explicit(&quit, memory_order_relaxed);
 }
 
+/* Claims and runs one task of the background loop; returns 0 when there
+   was none to claim. */
+static int bg_run_one(void)
+{
+  uint64_t w = atomic_load_explicit(&bg_claim, memory_order_acquire);
+  for (;;) {
+    if ((uint32_t)w == CLOSED) return 0;
+    mm_parallel_fn fn = atomic_load_explicit(&bg_fn, memory_order_relaxed);
+    void *ctx = atomic_load_explicit(&bg_ctx, memory_order_relaxed);
+    int64_t n = atomic_load_explicit(&bg_ntasks, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    int64_t t = (uint32_t)w;
+    if (t >= n) return 0;
+    if (!atomic_compare_exchange_weak_explicit(&bg_claim, &w, w + 1, memory_order_acq_rel,
+                                               memory_order_acquire))
+      continue;
+    fn(ctx, t, t + 1);
+    if (atomic_fetch_add_explicit(&bg_done, 1, memory_order_acq_rel) + 1 == n) {
+      pthread_mutex_lock(&mu);
+      pthread_cond_broadcast(&cv_bg);
+      pthread_mutex_unlock(&mu);
+    }
+    return 1;
+  }
+}
+
+static int bg_available(void)
+{
+  uint64_t w = atomic_load_explicit(&bg_claim, memory_order_acquire);
+  return (uint32_t)w != CLOSED && (int64_t)(uint32_t)w < atomic_load_explicit(&bg_ntasks, memory_order_relaxed);
+}
+
 static void *worker_main(void *arg)
 {
   /* The generation current when the worker was created comes with it. */
   unsigned seen = (unsigned)(uintptr_t)arg;
+  is_worker = 1;
   for (;;) {
     uint64_t w;
     int ready = 0;
-    for (int i = 0; i < SPIN_ITERS && !(ready = job_ready(seen, &w)); i++) cpu_relax();
+    /* Idle time goes to the background loop, one task at a time, checking
+       for a foreground job between tasks. */
+    for (int i = 0; i < SPIN_ITERS && !(ready = job_ready(seen, &w)); i++) {
+      if (bg_run_one()) i = 0;
+      else cpu_relax();
+    }
     if (!ready) {
       pthread_mutex_lock(&mu);
-      while (!job_ready(seen, &w)) pthread_cond_wait(&cv_work, &mu);
+      while (!(ready = job_ready(seen, &w)) && !bg_available()) pthread_cond_wait(&cv_work, &mu);
       pthread_mutex_unlock(&mu);
+      if (!ready) continue;   /* woken for background work */
     }
     if (atomic_load(&quit)) break;
     seen = gen_of(w);
@@ -173,6 +235,7 @@ static void stop_workers(void)
   free(workers);
   workers = NULL;
   nworkers = 0;
+  atomic_store(&live_workers, 0);
   atomic_store(&quit, 0);
 }
 
@@ -190,6 +253,7 @@ static int resize_pool(int want)
       break;   /* run with the threads we could get */
     nworkers = i + 1;
   }
+  atomic_store(&live_workers, nworkers);
   return nworkers;
 }
 
@@ -258,4 +322,60 @@ void mm_parallel_shutdown(void)
     sched_yield();
   stop_workers();
   atomic_flag_clear_explicit(&pool_busy, memory_order_release);
+}
+
+/* ---- background loops ------------------------------------------------------ */
+
+/* Claims and runs, on the calling thread, every task of loop `gen` not yet
+   claimed, then waits until all of its tasks are done. */
+static void bg_finish(unsigned gen)
+{
+  uint64_t w = atomic_load_explicit(&bg_claim, memory_order_acquire);
+  if (gen_of(w) != gen) return;   /* an older loop: joined when the next started */
+  while (bg_run_one()) {}
+  int64_t n = atomic_load_explicit(&bg_ntasks, memory_order_relaxed);
+  for (int i = 0; i < SPIN_ITERS && atomic_load_explicit(&bg_done, memory_order_acquire) < n; i++)
+    cpu_relax();
+  if (atomic_load_explicit(&bg_done, memory_order_acquire) < n) {
+    pthread_mutex_lock(&mu);
+    while (atomic_load_explicit(&bg_done, memory_order_acquire) < n) pthread_cond_wait(&cv_bg, &mu);
+    pthread_mutex_unlock(&mu);
+  }
+  /* Closed: nothing for a worker to look at until the next loop. */
+  atomic_store_explicit(&bg_claim, (uint64_t)gen << 32 | CLOSED, memory_order_release);
+}
+
+uint64_t mm_parallel_background(int64_t ntasks, mm_parallel_fn fn, void *ctx)
+{
+  if (ntasks <= 0) return 0;
+  if (is_worker || mm_get_num_threads() == 1 || atomic_load(&live_workers) == 0 ||
+      ntasks >= CLOSED) {
+    fn(ctx, 0, ntasks);   /* no idle worker to lend the work to: now, here */
+    return 0;
+  }
+  pthread_mutex_lock(&bg_mu);
+  uint64_t w = atomic_load_explicit(&bg_claim, memory_order_acquire);
+  bg_finish(gen_of(w));   /* one loop at a time */
+  unsigned g = gen_of(w) + 1u;
+  if (g == 0) g = 1;      /* ticket 0 means "already done" */
+  atomic_store_explicit(&bg_claim, (uint64_t)g << 32 | CLOSED, memory_order_relaxed);
+  atomic_thread_fence(memory_order_release);
+  atomic_store_explicit(&bg_fn, fn, memory_order_relaxed);
+  atomic_store_explicit(&bg_ctx, ctx, memory_order_relaxed);
+  atomic_store_explicit(&bg_ntasks, ntasks, memory_order_relaxed);
+  atomic_store_explicit(&bg_done, 0, memory_order_relaxed);
+  atomic_store_explicit(&bg_claim, (uint64_t)g << 32, memory_order_release);
+  pthread_mutex_unlock(&bg_mu);
+  pthread_mutex_lock(&mu);
+  pthread_cond_broadcast(&cv_work);
+  pthread_mutex_unlock(&mu);
+  return g;
+}
+
+void mm_parallel_background_join(uint64_t ticket)
+{
+  if (ticket == 0) return;
+  pthread_mutex_lock(&bg_mu);
+  bg_finish((unsigned)ticket);
+  pthread_mutex_unlock(&bg_mu);
 }

@@ -39,6 +39,19 @@ void mm_parallel_for_chunks(int64_t ntasks, int64_t nchunks, mm_parallel_fn fn, 
 /* mm_parallel_for_chunks with one chunk per thread (mm_get_num_threads()). */
 void mm_parallel_for(int64_t ntasks, mm_parallel_fn fn, void *ctx);
 
+/* A background loop: tasks [0, ntasks) of fn, one call per task, run by
+   pool workers in their idle time (between foreground jobs, never delaying
+   one by more than a task) while the caller goes on.  Returns a ticket for
+   mm_parallel_background_join, which runs the tasks nobody has started on
+   the calling thread and returns when all are done; until then ctx must
+   stay valid and the caller must not touch what the tasks write.  One loop
+   at a time: starting another joins the previous one first.  With one
+   thread, or from inside a pool task, the loop runs at once and the ticket
+   is 0.  fn must not use the pool.  Used to gather the next batch of a
+   DataLoader while the model computes. */
+uint64_t mm_parallel_background(int64_t ntasks, mm_parallel_fn fn, void *ctx);
+void mm_parallel_background_join(uint64_t ticket);
+
 /* Stop and join the worker threads (they restart on demand).  For leak
    checks and orderly shutdown; must not be called from inside fn. */
 void mm_parallel_shutdown(void);

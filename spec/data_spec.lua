@@ -190,6 +190,90 @@ describe("DataLoader", function()
                {shuffle = true, sampler = mm.tensor({1}, {dtype = "int64"})})
   end)
 
+  describe("gathering the next shuffled batch in the background", function()
+    local threads
+    setup(function() threads = mm.get_num_threads() end)
+    teardown(function() mm.set_num_threads(threads) end)
+
+    local function epoch(ds, opts)
+      local xs, ys = {}, {}
+      for xb, yb in data.DataLoader(ds, opts):iter() do
+        xs[#xs + 1], ys[#ys + 1] = xb, yb
+        mm.matmul(mm.ones(64, 64), mm.ones(64, 64))   -- pool work between batches
+      end
+      return xs, ys
+    end
+
+    for _, nt in ipairs({1, 2}) do
+      it(("hands out the same batches as gathering on demand (%d thread%s)"):format(nt, nt > 1 and "s" or ""), function()
+        mm.set_num_threads(nt)
+        mm.manual_seed(5)
+        local x, y = mm.randn(1000, 37), mm.randint(1, 11, {1000})
+        local ds = data.TensorDataset(x, y)
+        local a, ay = epoch(ds, {batch_size = 64, shuffle = true, seed = 9})
+        local b, by = epoch(ds, {batch_size = 64, shuffle = true, seed = 9, prefetch = false})
+        assert.are.equal(16, #a)
+        assert.are.equal(#b, #a)
+        for k = 1, #a do
+          H.assert_identical(b[k], a[k])
+          H.assert_identical(by[k], ay[k])
+        end
+        -- and they are the right rows: the sampler order, by hand
+        local order = mm.randperm(1000)
+        local c = epoch(ds, {batch_size = 100, sampler = order})
+        H.assert_identical(x:index_select(1, order:narrow(1, 901, 100)), c[10])
+      end)
+    end
+
+    it("gives the rows as they are when the batch is handed out, after in-place writes", function()
+      mm.set_num_threads(2)
+      local x = mm.zeros(500, 8)
+      local loader = data.DataLoader(data.TensorDataset(x), {batch_size = 50, shuffle = true, seed = 1})
+      local k = 0
+      for xb in loader:iter() do
+        k = k + 1
+        -- every row holds k - 1 when batch k is handed out
+        assert.are.equal(k - 1, xb:min():item())
+        assert.are.equal(k - 1, xb:max():item())
+        x:add_(1)            -- while batch k + 1 may be being gathered
+      end
+      assert.are.equal(10, k)
+    end)
+
+    it("leaves nothing behind when a loop stops early", function()
+      mm.set_num_threads(2)
+      local ds = data.TensorDataset(mm.randn(2000, 64))
+      collectgarbage(); collectgarbage()
+      local before = H.live_bytes()
+      for _ = 1, 3 do
+        for xb in data.DataLoader(ds, {batch_size = 100, shuffle = true}):iter() do
+          if xb then break end
+        end
+      end
+      collectgarbage(); collectgarbage()
+      assert.are.equal(before, H.live_bytes())
+    end)
+
+    it("records the graph of a source that requires grad, and names bad arguments", function()
+      mm.set_num_threads(2)
+      local w = mm.randn(20, 3)
+      w.requires_grad = true
+      local idx = mm.tensor({4, 1, 4}, {dtype = "int64"})
+      local h = mm._index_select_start({w}, idx)
+      local rows = mm._index_select_finish(h)
+      rows:sum():backward()
+      assert.are.same({0, 0, 0}, values(w.grad[2]))
+      assert.are.same({1, 1, 1}, values(w.grad[1]))
+      assert.are.same({2, 2, 2}, values(w.grad[4]))
+      fails_with({"already collected"}, mm._index_select_finish, h)
+      fails_with({"index 21 is out of range", "1..20"}, mm._index_select_start, {w}, mm.tensor({21}, {dtype = "int64"}))
+      fails_with({"expected tensors of 20 rows like the first, got 5"}, mm._index_select_start, {w, mm.zeros(5)}, idx)
+      fails_with({"expected a Tensor as entry 2, got number"}, mm._index_select_start, {w, 3}, idx)
+      fails_with({"expected a list of 1 to 8 tensors, got 0"}, mm._index_select_start, {}, idx)
+      fails_with({"expected int64 indices, got float32"}, mm._index_select_start, {w}, mm.zeros(2))
+    end)
+  end)
+
   it("handles an empty data set and rejects bad options", function()
     local empty = data.TensorDataset(mm.zeros(0, 3))
     local loader = data.DataLoader(empty, {batch_size = 4, shuffle = true})

@@ -42,4 +42,18 @@ for _ = 1, 5 do
   l:backward()
   opt:step()
 end
+-- the same through a shuffled DataLoader: the next batch is gathered by idle
+-- workers (background loop) while the step runs, and one loop stops early
+local loader = mm.data.DataLoader(mm.data.TensorDataset(mm.rand(640, 784), mm.randint(1, 11, 640)),
+                                  { batch_size = 128, shuffle = true })
+for _ = 1, 2 do
+  for bx, by in loader:iter() do
+    local l = nn.cross_entropy(model(bx), by)
+    opt:zero_grad()
+    l:backward()
+    opt:step()
+  end
+end
+for bx in loader:iter() do if bx then break end end
+collectgarbage()
 print(("tsan workload: ok on %d threads"):format(n))

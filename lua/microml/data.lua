@@ -131,9 +131,14 @@ local function dataset_len(ds)
   error("DataLoader: the dataset has neither a len() method nor a __len metamethod", 3)
 end
 
---- data.DataLoader(dataset, {batch_size=1, shuffle=false, drop_last=false, seed=nil, sampler=nil})
+--- data.DataLoader(dataset, {batch_size=1, shuffle=false, drop_last=false, seed=nil, sampler=nil,
+--                            prefetch=true})
 -- dataset: a TensorDataset, or any object with len() (or __len) and get(i)
 -- returning one sample (tensors and/or numbers), which are stacked.
+-- prefetch (default true): while batch b is in use, idle pool workers gather
+-- batch b+1 of a shuffled TensorDataset (a dataset tensor written in place
+-- meanwhile is copied again when the batch is handed out, so a batch always
+-- holds the rows as they are then); false gathers each batch when asked.
 -- sampler: a 1-D int64 tensor of 1-based sample indices, the order every
 -- epoch walks (any length, repeats allowed), as torch's sampler=; it
 -- excludes shuffle.  E.g. an order written by another program, or a subset.
@@ -153,6 +158,7 @@ function data.DataLoader(dataset, opts)
     batch_size = check_int(opts.batch_size or 1, "DataLoader: batch_size", 1),
     shuffle = opts.shuffle and true or false,
     drop_last = opts.drop_last and true or false,
+    prefetch = opts.prefetch ~= false,
     epoch = 0,
   }, DataLoader)
   local n = dataset_len(dataset)   -- fail now, not in the first epoch
@@ -231,11 +237,31 @@ function DataLoader:iter()
   self.epoch = self.epoch + 1
   local b = 0
   local fast = getmetatable(ds) == TensorDataset
+  -- Shuffled (or sampled) batches of a TensorDataset are copies of scattered
+  -- rows; each is gathered by idle pool workers while the previous one is in
+  -- use (mm._index_select_start), and collected when asked for.
+  local background = fast and order and self.prefetch and #ds.tensors <= 8
+  local pending
+  local function start_next(nb_start)
+    if nb_start <= n then
+      pending = mm._index_select_start(ds.tensors, order:narrow(1, nb_start, math.min(bs, n - nb_start + 1)))
+    end
+  end
+  local function handing_out(next_start, ...)
+    if b < nb then start_next(next_start) end
+    return ...
+  end
   return function()
     b = b + 1
     if b > nb then return nil end
     local start = (b - 1) * bs + 1
     local len = math.min(bs, n - start + 1)
+    if background then
+      local h = pending
+      pending = nil
+      if h then return handing_out(start + bs, mm._index_select_finish(h)) end
+      return handing_out(start + bs, ds:_batch(order, start, len))
+    end
     if fast then return ds:_batch(order, start, len) end
     local samples, nfields = {}, 0
     for k = 1, len do
