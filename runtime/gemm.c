@@ -59,7 +59,9 @@
  * MC block each) that threads claim as they come free (mm_parallel_for_
  * chunks), so a worker that wakes late or shares its core with another
  * process delays only its last chunk; with one chunk per thread the caller
- * waited for the slow worker's whole half.
+ * waited for the slow worker's whole half.  The private-B path (mid sizes)
+ * does the same with column chunks; a thread packs each A block once for
+ * all the chunks it runs (apack_tag).
  *
  * Determinism: C's MR x NR tile grid is fixed by the shape alone and every
  * tile is computed the same way whichever thread does it, and K is never
@@ -118,6 +120,11 @@ void mm_dgemm_naive(int64_t M, int64_t N, int64_t K, double alpha,
  * those of workers that have exited; bumping buf_gen invalidates the
  * thread-local pointers. */
 enum { BUF_A = 0, BUF_B = 1, BUF_BP = 2 };
+
+/* Private-B column chunks per thread (privb_chunks): 4 measured 0.390 s per
+ * 2-thread training epoch against 0.400 for 1 (medians of 6 alternating runs
+ * on the shared machine; 2 and 8 in between). */
+#define PRIVB_CHUNKS_PER_THREAD 4
 
 _Thread_local int mm_sgemm_last_path;
 typedef struct buf_node {
@@ -420,7 +427,18 @@ typedef struct {
   int64_t kc_step, nc_step;            /* K and N blocking for this shape */
   float *bpack;
   int split_n;                         /* tasks are column panels, not row panels */
+  uint64_t id;                         /* unique per call: names its packed A blocks */
 } sgemm_job;
+
+/* The A block this thread packed last: a thread that runs several column
+ * chunks of one GEMM (private-B path) packs each A block once, not once per
+ * chunk, so the chunks can be small enough to balance the threads. */
+static _Thread_local struct {
+  uint64_t job;
+  int64_t pc, ic, mc;
+  const float *buf;
+} apack_tag;
+static atomic_uint_least64_t sgemm_ids;
 
 static void pack_b_task(void *vctx, int64_t q0, int64_t q1)
 {
@@ -454,7 +472,12 @@ static void block_rows_cols_b(const sgemm_job *g, int64_t i0, int64_t i1, int64_
   for (int64_t ic = i0; ic < i1; ic += mc_max) {
     int64_t mc = i1 - ic < mc_max ? i1 - ic : mc_max;
     const float *a_blk = g->A + ic * g->rs_a + g->pc * g->cs_a;
-    if (apack) pack_a(kr, mc, kc, a_blk, g->rs_a, g->cs_a, apack);
+    if (apack && !(apack_tag.job == g->id && apack_tag.pc == g->pc && apack_tag.ic == ic &&
+                   apack_tag.mc == mc && apack_tag.buf == apack)) {
+      pack_a(kr, mc, kc, a_blk, g->rs_a, g->cs_a, apack);
+      apack_tag.job = g->id, apack_tag.pc = g->pc, apack_tag.ic = ic, apack_tag.mc = mc;
+      apack_tag.buf = apack;
+    }
     for (int64_t jr = j0; jr < j1; jr += NR) {
       int64_t nr = j1 - jr < NR ? j1 - jr : NR;
       const float *bp = bpack + jr * kc;
@@ -514,6 +537,18 @@ static void compute_task(void *vctx, int64_t t0, int64_t t1)
   }
 }
 
+/* Column chunks of the private-B path, claimed as threads come free.  With
+ * one chunk per thread the caller waited for the other thread's whole half
+ * whenever that thread started late or ran slower (a shared core): 9 us per
+ * GEMM of the benchmark MLP's step, measured in the pool's wait.  Smaller
+ * chunks cost no extra packing (each B panel is packed by its chunk, each A
+ * block once per thread, see apack_tag). */
+static int64_t privb_chunks(int64_t n_panels, int nt)
+{
+  int64_t c = (int64_t)nt * PRIVB_CHUNKS_PER_THREAD;
+  return c < n_panels ? c : n_panels;
+}
+
 /* Returns -1 if a packing buffer could not be allocated. */
 static int sgemm_packed(sgemm_job *g, int threads)
 {
@@ -551,7 +586,7 @@ static int sgemm_packed(sgemm_job *g, int threads)
       g->kc = g->K - g->pc < g->kc_step ? g->K - g->pc : g->kc_step;
       g->beta = g->pc == 0 ? beta0 : 1.0f;
       if (private_b) {
-        mm_parallel_for(n_panels, private_b_task, g);
+        mm_parallel_for_chunks(n_panels, privb_chunks(n_panels, nt), private_b_task, g);
       } else if (nt > 1) {
         mm_parallel_for(n_panels, pack_b_task, g);
         mm_parallel_for_chunks(tasks, chunks, compute_task, g);
@@ -774,6 +809,7 @@ void mm_sgemm(int64_t M, int64_t N, int64_t K, float alpha,
     t = rs_c; rs_c = cs_c; cs_c = t;
   }
   sgemm_job g = {
+    .id = atomic_fetch_add_explicit(&sgemm_ids, 1, memory_order_relaxed) + 1,
     .kr = kr, .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta,
     .A = A, .B = B, .rs_a = rs_a, .cs_a = cs_a, .rs_b = rs_b, .cs_b = cs_b,
     .C = C, .rs_c = rs_c, .cs_c = cs_c,
