@@ -283,6 +283,14 @@ mm_bg_gather *mm_index_select_start(int n, mm_tensor *const *xs, mm_tensor *idx,
   }
   snprintf(what, sizeof what, "dimension 1 of size %lld", (long long)xs[0]->shape[0]);
   g->ic = checked_indices(idx, xs[0]->shape[0], base, "index_select_start", what);
+  if (g->ic && g->ic->storage == idx->storage) {
+    /* The workers read the indices later: a private copy, so that writing
+     * into idx meanwhile can neither race with them nor slip past the
+     * range check. */
+    mm_tensor *own = mm_clone(g->ic);
+    mm_tensor_release(g->ic);
+    g->ic = own;
+  }
   if (!g->ic) { free(g); return NULL; }
   int64_t rows = mm_numel(g->ic), ntasks = 0;
   for (int k = 0; k < n; k++) {
