@@ -432,12 +432,15 @@ typedef struct {
 
 /* The A block this thread packed last: a thread that runs several column
  * chunks of one GEMM (private-B path) packs each A block once, not once per
- * chunk, so the chunks can be small enough to balance the threads. */
+ * chunk, so the chunks can be small enough to balance the threads.  (At
+ * 784x256x128, the first layer's weight gradient, re-packing all of A per
+ * chunk cost more than the balancing won.) */
 static _Thread_local struct {
   uint64_t job;
-  int64_t pc, ic, mc;
+  int64_t pc, lo, hi;       /* the K step, rows [lo, hi) */
   const float *buf;
 } apack_tag;
+#define APACK_ALL_BYTES (1 << 20)   /* rows of A a thread keeps packed: half its L2 */
 static atomic_uint_least64_t sgemm_ids;
 
 static void pack_b_task(void *vctx, int64_t q0, int64_t q1)
@@ -466,18 +469,21 @@ static void block_rows_cols_b(const sgemm_job *g, int64_t i0, int64_t i1, int64_
   const mm_sgemm_kernel *kr = g->kr;
   const int MR = kr->mr, NR = kr->nr;
   const int64_t kc = g->kc, mc_max = balanced_step(i1 - i0, kr->mc, MR);
-  float *apack = thread_buffer(BUF_A, (size_t)kr->mc * g->kc_step);
+  /* All of rows [i0, i1) packed side by side when they fit APACK_ALL_BYTES,
+     so that the next column chunk this thread runs finds every block
+     packed; else one MC block at a time. */
+  const int64_t m_pad = (i1 - i0 + MR - 1) / MR * MR;
+  const int whole = (double)m_pad * g->kc_step * sizeof(float) <= APACK_ALL_BYTES;
+  float *abuf = thread_buffer(BUF_A, (size_t)(whole ? m_pad : kr->mc) * g->kc_step);
+  const int cached = whole && abuf && apack_tag.job == g->id && apack_tag.pc == g->pc &&
+                     apack_tag.lo == i0 && apack_tag.hi == i1 && apack_tag.buf == abuf;
   float tile[MM_SGEMM_MAX_TILE] __attribute__((aligned(64)));
 
   for (int64_t ic = i0; ic < i1; ic += mc_max) {
     int64_t mc = i1 - ic < mc_max ? i1 - ic : mc_max;
     const float *a_blk = g->A + ic * g->rs_a + g->pc * g->cs_a;
-    if (apack && !(apack_tag.job == g->id && apack_tag.pc == g->pc && apack_tag.ic == ic &&
-                   apack_tag.mc == mc && apack_tag.buf == apack)) {
-      pack_a(kr, mc, kc, a_blk, g->rs_a, g->cs_a, apack);
-      apack_tag.job = g->id, apack_tag.pc = g->pc, apack_tag.ic = ic, apack_tag.mc = mc;
-      apack_tag.buf = apack;
-    }
+    float *apack = abuf && whole ? abuf + (ic - i0) * kc : abuf;
+    if (apack && !cached) pack_a(kr, mc, kc, a_blk, g->rs_a, g->cs_a, apack);
     for (int64_t jr = j0; jr < j1; jr += NR) {
       int64_t nr = j1 - jr < NR ? j1 - jr : NR;
       const float *bp = bpack + jr * kc;
@@ -500,6 +506,12 @@ static void block_rows_cols_b(const sgemm_job *g, int64_t i0, int64_t i1, int64_
         if (!direct) merge_tile(tile, NR, mr, nr, g->beta, c, g->rs_c, g->cs_c);
       }
     }
+  }
+  if (whole && abuf) {
+    apack_tag.job = g->id, apack_tag.pc = g->pc, apack_tag.lo = i0, apack_tag.hi = i1;
+    apack_tag.buf = abuf;
+  } else {
+    apack_tag.job = 0;   /* the buffer holds only the last block */
   }
 }
 
