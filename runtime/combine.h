@@ -64,7 +64,7 @@ mm_tensor *mm_index_select(mm_tensor *x, int dim, mm_tensor *idx, int64_t base);
 #define MM_BG_GATHER_MAX 8
 typedef struct mm_bg_gather mm_bg_gather;
 mm_bg_gather *mm_index_select_start(int n, mm_tensor *const *xs, mm_tensor *idx, int64_t base);
-int mm_index_select_finish(mm_bg_gather *g, mm_tensor **out);
+void mm_index_select_finish(mm_bg_gather *g, mm_tensor **out);
 void mm_bg_gather_free(mm_bg_gather *g);
 int mm_bg_gather_count(const mm_bg_gather *g);   /* n */
 /* out[i] = x[i with i_dim replaced by idx[i]]; idx has x's ndim, and

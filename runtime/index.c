@@ -324,7 +324,7 @@ mm_bg_gather *mm_index_select_start(int n, mm_tensor *const *xs, mm_tensor *idx,
   return g;
 }
 
-int mm_index_select_finish(mm_bg_gather *g, mm_tensor **out) {
+void mm_index_select_finish(mm_bg_gather *g, mm_tensor **out) {
   mm_parallel_background_join(g->ticket);
   g->ticket = 0;
   for (int k = 0; k < g->n; k++) {
@@ -336,7 +336,6 @@ int mm_index_select_finish(mm_bg_gather *g, mm_tensor **out) {
     g->out[k] = NULL;
   }
   mm_bg_gather_free(g);
-  return 0;
 }
 
 /* ---- embedding ---------------------------------------------------------------------- */

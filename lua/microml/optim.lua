@@ -317,11 +317,14 @@ function Optimizer:__tostring()
   return table.concat(lines, "\n")
 end
 
-local function optimizer_class(name, defaults, validate, update)
+-- update(self, p, grad, group, state) steps one parameter; a class may give
+-- update_group(self, group) instead, which steps a whole group at once.
+local function optimizer_class(name, defaults, validate, update, update_group)
   local cls = setmetatable({}, { __index = Optimizer })
   cls.__index = cls
   cls.__tostring = Optimizer.__tostring
-  cls.name, cls.defaults, cls.validate, cls.update = name, defaults, validate, update
+  cls.name, cls.defaults, cls.validate = name, defaults, validate
+  cls.update, cls.update_group = update, update_group
   return cls
 end
 
@@ -371,27 +374,14 @@ local function validate_adam(g, where, gi)
   check_range(where, gi, "betas[2]", g.betas[2], 0, 1, true)
 end
 
-local function adam_update(kernel)
-  return function(_, p, grad, g, st)
-    if not st.exp_avg then
-      st.step = 0
-      st.exp_avg = mm.zeros_like(p)
-      st.exp_avg_sq = mm.zeros_like(p)
-    end
-    if g.amsgrad and not st.max_exp_avg_sq then st.max_exp_avg_sq = mm.zeros_like(p) end
-    st.step = st.step + 1
-    kernel(p, grad, st.exp_avg, st.exp_avg_sq, g.amsgrad and st.max_exp_avg_sq or nil,
-           g.lr, g.betas[1], g.betas[2], g.eps, g.weight_decay, st.step)
-  end
-end
-
 -- A whole group in one call: mm._adam_multi steps every parameter that has
--- a gradient as one parallel loop (the same arithmetic as adam_update, bit
--- for bit), instead of one pool dispatch per tensor.  The lists are kept
+-- a gradient as one parallel loop (bit for bit what mm._adam_step or
+-- mm._adamw_step does to each tensor), instead of one pool dispatch per
+-- tensor; state buffers are made on a parameter's first step.  The lists are kept
 -- between steps so a step allocates nothing; they are emptied after the
 -- call so they never keep a gradient alive.
 local function adam_update_group(decoupled)
-  local fields = { "ps", "gs", "ms", "vs", "xs", "steps" }
+  local fields = { "ps", "gs", "ms", "vs", "xs", "steps", "sts" }
   return function(self, g)
     local s = self._lists
     if not s then
@@ -429,20 +419,17 @@ local function adam_update_group(decoupled)
       local t = s[f]
       for k = 1, n do t[k] = nil end
     end
-    for k = 1, n do sts[k] = nil end
     if not ok then error(err, 0) end
   end
 end
 
 local Adam = optimizer_class("Adam",
   { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0, amsgrad = false },
-  validate_adam, adam_update(mm._adam_step))
-Adam.update_group = adam_update_group(false)
+  validate_adam, nil, adam_update_group(false))
 
 local AdamW = optimizer_class("AdamW",
   { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 1e-2, amsgrad = false },
-  validate_adam, adam_update(mm._adamw_step))
-AdamW.update_group = adam_update_group(true)
+  validate_adam, nil, adam_update_group(true))
 
 --- optim.Adam(params, {lr=1e-3, betas={0.9, 0.999}, eps=1e-8, weight_decay=0, amsgrad=false})
 -- weight_decay is an L2 term added to the gradient (coupled with the
