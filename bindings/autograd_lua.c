@@ -1,6 +1,5 @@
 /* autograd_lua.c — backward, grad mode, detach and retain_grad for Lua. */
 #include "microml_lua.h"
-#include "../runtime/autograd.h"
 
 /* t:backward([grad] [, {retain_graph = bool}]) */
 static int m_backward(lua_State *L) {
@@ -18,17 +17,14 @@ static int m_detach(lua_State *L) { return mm_lua_push(L, mm_detach(mm_lua_check
 
 static int m_detach_(lua_State *L) {
   mm_tensor *t = mm_lua_check(L, 1);
-  if (t->grad_fn) mm_autograd_detach_output(t);
-  t->requires_grad = false;
+  mm_detach_(t);
   lua_settop(L, 1);
   return 1;
 }
 
 static int m_retain_grad(lua_State *L) {
   mm_tensor *t = mm_lua_check(L, 1);
-  if (!t->requires_grad)
-    return luaL_error(L, "retain_grad: the tensor does not require grad");
-  if (t->grad_fn) t->retains_grad = true;
+  if (mm_retain_grad(t) < 0) return mm_lua_error(L);
   lua_settop(L, 1);
   return 1;
 }
@@ -36,11 +32,7 @@ static int m_retain_grad(lua_State *L) {
 static int m_requires_grad_(lua_State *L) {
   mm_tensor *t = mm_lua_check(L, 1);
   bool v = lua_isnoneornil(L, 2) ? true : lua_toboolean(L, 2);
-  if (t->grad_fn && !v) return luaL_error(L, "requires_grad_: only leaf tensors can stop requiring grad (use :detach())");
-  if (v && !mm_dtype_is_float(t->dtype))
-    return luaL_error(L, "requires_grad_: only float32/float64 tensors can require gradients, got %s",
-                      mm_dtype_name(t->dtype));
-  if (!t->grad_fn) t->requires_grad = v;
+  if (mm_set_requires_grad(t, v, "requires_grad_") < 0) return mm_lua_error(L);
   lua_settop(L, 1);
   return 1;
 }

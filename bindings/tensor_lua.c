@@ -11,8 +11,6 @@
 #include <string.h>
 
 #include "microml_lua.h"
-#include "../runtime/autograd.h"
-#include "../runtime/parallel.h"
 
 typedef struct { mm_tensor *t; } tensor_box;
 
@@ -206,10 +204,7 @@ void mm_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_R
 /* Applies requires_grad from an options table to a fresh leaf. */
 static void apply_requires_grad(lua_State *L, int opts, mm_tensor *t) {
   if (mm_lua_opt_bool(L, opts, "requires_grad", false)) {
-    if (!mm_dtype_is_float(t->dtype))
-      luaL_error(L, "requires_grad: only float32/float64 tensors can require gradients, got %s",
-                 mm_dtype_name(t->dtype));
-    t->requires_grad = true;
+    if (mm_set_requires_grad(t, true, "requires_grad") < 0) mm_lua_error(L);
   }
 }
 
@@ -271,7 +266,7 @@ static int l_tensor(lua_State *L) {
   int opts = 2;
   if (mm_lua_test(L, 1)) {
     mm_tensor *c = mm_clone(mm_lua_check(L, 1));
-    if (c && c->grad_fn) { mm_autograd_detach_output(c); c->requires_grad = false; }
+    if (c) mm_detach_(c);
     mm_dtype dt = mm_lua_opt_dtype(L, opts, c ? c->dtype : MM_FLOAT32);
     if (c && dt != c->dtype) { mm_tensor *d = mm_to_dtype(c, dt); mm_tensor_release(c); c = d; }
     mm_lua_push(L, c);
@@ -742,9 +737,7 @@ static int m_set(lua_State *L) {
 /* In-place writes are refused on leaves that require grad (as in PyTorch)
  * unless grad mode is off, e.g. inside an optimizer step. */
 static void check_inplace(lua_State *L, mm_tensor *t, const char *name) {
-  if (mm_grad_enabled() && t->requires_grad && !t->grad_fn)
-    luaL_error(L, "%s: a leaf tensor that requires grad cannot be modified in place "
-               "(wrap it in mm.no_grad, or use :detach())", name);
+  if (mm_check_inplace(t, name) < 0) mm_lua_error(L);
 }
 
 static int m_fill_(lua_State *L) {
@@ -915,8 +908,9 @@ static int mt_index(lua_State *L) {
     if (!strcmp(k, "requires_grad")) { lua_pushboolean(L, t->requires_grad); return 1; }
     if (!strcmp(k, "is_leaf")) { lua_pushboolean(L, t->grad_fn == NULL); return 1; }
     if (!strcmp(k, "grad_fn")) {
-      if (!t->grad_fn) return 0;
-      lua_pushstring(L, t->grad_fn->name);
+      const char *name = mm_grad_fn_name(t);
+      if (!name) return 0;
+      lua_pushstring(L, name);
       return 1;
     }
     if (!strcmp(k, "T")) return mm_lua_push(L, mm_permute(t, t->ndim, (int[]){7, 6, 5, 4, 3, 2, 1, 0} + (MM_MAX_DIMS - t->ndim)));
@@ -956,25 +950,12 @@ static int mt_newindex(lua_State *L) {
   }
   const char *k = luaL_checkstring(L, 2);
   if (!strcmp(k, "requires_grad")) {
-    bool v = lua_toboolean(L, 3);
-    if (t->grad_fn && !v)
-      return luaL_error(L, "requires_grad: can only be changed on leaf tensors (use :detach())");
-    if (v && !mm_dtype_is_float(t->dtype))
-      return luaL_error(L, "requires_grad: only float32/float64 tensors can require gradients, got %s",
-                        mm_dtype_name(t->dtype));
-    if (!t->grad_fn) t->requires_grad = v;
+    if (mm_set_requires_grad(t, lua_toboolean(L, 3), "requires_grad") < 0) return mm_lua_error(L);
     return 0;
   }
   if (!strcmp(k, "grad")) {
     mm_tensor *g = lua_isnil(L, 3) ? NULL : mm_lua_check(L, 3);
-    if (g && (g->ndim != t->ndim || memcmp(g->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim))) {
-      char b1[160], b2[160];
-      return luaL_error(L, "grad: assigned gradient has shape %s but the tensor has shape %s",
-                        mm_shape_str(g->ndim, g->shape, b1, sizeof b1), mm_shape_str(t->ndim, t->shape, b2, sizeof b2));
-    }
-    if (g) mm_tensor_retain(g);
-    if (t->grad) mm_tensor_release(t->grad);
-    t->grad = g;
+    if (mm_set_grad(t, g) < 0) return mm_lua_error(L);
     return 0;
   }
   return luaL_error(L, "cannot set field '%s' of a Tensor (fields: requires_grad, grad)", k);

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "microml.h"
+#include "internal.h"
 
 #define HEADER 64            /* storage header padded to keep data aligned */
 #define NCLASSES 256
@@ -79,7 +79,7 @@ mm_storage *mm_storage_new(size_t nbytes) {
     stats.bytes_cached -= cap;
   } else {
     if (stats.bytes_limit && stats.bytes_live + cap > stats.bytes_limit) {
-      mm_empty_cache();
+      mm_storage_cache_empty();
       if (stats.bytes_live + cap > stats.bytes_limit) {
         mm_set_error("memory limit exceeded: allocating %zu bytes with %llu live, limit %llu bytes",
                      nbytes, (unsigned long long)stats.bytes_live,
@@ -89,7 +89,7 @@ mm_storage *mm_storage_new(size_t nbytes) {
     }
     b = sys_alloc(HEADER + cap);
     if (!b) {
-      mm_empty_cache();
+      mm_storage_cache_empty();
       b = sys_alloc(HEADER + cap);
     }
     if (!b) {
@@ -130,10 +130,8 @@ void mm_storage_release(mm_storage *s) {
   }
 }
 
-void mm_tensor_free_headers(void);   /* tensor.c: its recycled headers */
-
-void mm_empty_cache(void) {
-  mm_tensor_free_headers();
+/* mm_empty_cache (tensor.c) empties this and the tensor-header cache. */
+void mm_storage_cache_empty(void) {
   for (int c = 0; c < NCLASSES; c++) {
     while (freelist[c]) {
       block *b = freelist[c];

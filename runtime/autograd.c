@@ -12,37 +12,62 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "internal.h"
 
-static bool grad_enabled = true;
+/* Grad mode is per thread: a background loop, or a future second Lua
+ * state on another thread, never sees this thread's no_grad. */
+static _Thread_local bool grad_off;   /* zero-initialised: grad mode on */
 static bool stats_enabled = false;
 static uint64_t next_id = 1;
 static uint64_t visit_gen = 0;
 
-bool mm_grad_enabled(void) { return grad_enabled; }
-void mm_set_grad_enabled(bool on) { grad_enabled = on; }
+bool mm_grad_enabled(void) { return !grad_off; }
+void mm_set_grad_enabled(bool on) { grad_off = !on; }
 void mm_autograd_set_stats(bool on) { stats_enabled = on; }
 bool mm_autograd_stats_enabled(void) { return stats_enabled; }
 
 bool mm_needs_grad(int n, mm_tensor *const *inputs) {
-  if (!grad_enabled) return false;
+  if (grad_off) return false;
   for (int i = 0; i < n; i++)
     if (inputs[i] && inputs[i]->requires_grad) return true;
   return false;
 }
 
-mm_node *mm_node_new(const char *name, mm_backward_fn fn, int n, mm_tensor *const *inputs) {
-  mm_node *node = calloc(1, sizeof *node);
-  if (!node) goto oom;
-  node->edges = n <= 4 ? node->inline_edges : calloc((size_t)n, sizeof(mm_edge));
-  if (!node->edges) { free(node); goto oom; }
+/* Arguments and saved tensors live in the node's own block after it: one
+ * allocation per node whatever their number or size. */
+static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+mm_tensor *mm_record(mm_tensor *out, const mm_op_def *def, int nin, mm_tensor *const *in,
+                     int nsaved, mm_tensor *const *saved, const void *args, size_t args_size) {
+  if (!out || !mm_needs_grad(nin, in)) return out;
+  if (!mm_dtype_is_float(out->dtype)) {
+    mm_set_error("%s: only floating-point tensors can require gradients, got %s", def->op,
+                 mm_dtype_name(out->dtype));
+    goto fail;
+  }
+  size_t off_edges = align16(sizeof(mm_node));
+  size_t off_saved = off_edges + align16((size_t)nin * sizeof(mm_edge));
+  size_t off_vers = off_saved + align16((size_t)nsaved * sizeof(mm_tensor *));
+  size_t off_args = off_vers + align16((size_t)nsaved * sizeof(uint64_t));
+  mm_node *node = calloc(1, off_args + args_size);
+  if (!node) {
+    mm_set_error("%s: out of memory recording the autograd node", def->op);
+    goto fail;
+  }
+  char *base = (char *)node;
   node->refcount = 1;
-  node->name = name;
-  node->backward = fn;
-  node->ninputs = n;
+  node->name = def->node;
+  node->backward = def->backward;
+  node->ninputs = nin;
+  node->edges = (mm_edge *)(base + off_edges);
+  node->saved = (mm_tensor **)(base + off_saved);
+  node->saved_version = (uint64_t *)(base + off_vers);
+  node->args = args_size ? base + off_args : NULL;
+  if (args_size) memcpy(node->args, args, args_size);
   node->id = next_id++;
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; i < nin; i++) {
     mm_edge *e = &node->edges[i];
-    mm_tensor *t = inputs[i];
+    mm_tensor *t = in[i];
     if (!t) continue;
     e->dtype = t->dtype;
     e->ndim = t->ndim;
@@ -57,78 +82,30 @@ mm_node *mm_node_new(const char *name, mm_backward_fn fn, int n, mm_tensor *cons
       mm_tensor_retain(t);
     }
   }
-  return node;
-oom:
-  mm_set_error("out of memory recording an autograd node for %s", name);
-  return NULL;
-}
-
-int mm_node_save(mm_node *node, mm_tensor *t) {
-  if (node->nsaved == MM_NODE_MAX_SAVED) return -1;
-  mm_tensor *alias = mm_tensor_view_of(t, t->ndim, t->shape, t->stride, t->offset);
-  if (!alias) return -1;
-  int k = node->nsaved++;
-  node->saved[k] = alias;
-  node->saved_version[k] = t->storage->version;
-  return k;
-}
-
-void mm_node_attach(mm_node *node, mm_tensor *out) {
+  for (int k = 0; k < nsaved; k++) {
+    mm_tensor *t = saved[k];
+    if (!t) continue;
+    mm_tensor *alias = mm_tensor_view_of(t, t->ndim, t->shape, t->stride, t->offset);
+    if (!alias) {
+      node->nsaved = k;
+      mm_node_release(node);
+      mm_set_error("%s: out of memory saving a tensor for backward", def->op);
+      goto fail;
+    }
+    node->saved[k] = alias;
+    node->saved_version[k] = t->storage->version;
+  }
+  node->nsaved = nsaved;
   out->grad_fn = node;
   out->requires_grad = true;
   node->output = out;
   node->out_dtype = out->dtype;
   node->out_ndim = out->ndim;
   memcpy(node->out_shape, out->shape, sizeof(int64_t) * (size_t)out->ndim);
-}
-
-void mm_node_retain(mm_node *n) { n->refcount++; }
-
-static void release_saved(mm_node *n) {
-  for (int i = 0; i < n->nsaved; i++) {
-    mm_tensor_release(n->saved[i]);
-    n->saved[i] = NULL;
-  }
-  n->nsaved = 0;
-}
-
-/* Iterative: releasing the head of a long chain frees the whole chain with
- * a heap-allocated worklist instead of recursion. */
-void mm_node_release(mm_node *first) {
-  if (!first || --first->refcount > 0) return;
-  size_t cap = 64, top = 0;
-  mm_node **stack = malloc(cap * sizeof *stack);
-  mm_node *inline_stack[1];
-  if (!stack) { stack = inline_stack; cap = 1; }
-  stack[top++] = first;
-  while (top) {
-    mm_node *n = stack[--top];
-    for (int i = 0; i < n->ninputs; i++) {
-      mm_edge *e = &n->edges[i];
-      if (e->leaf) mm_tensor_release(e->leaf);
-      if (e->node && --e->node->refcount == 0) {
-        if (top == cap && stack != inline_stack) {
-          mm_node **bigger = realloc(stack, 2 * cap * sizeof *stack);
-          if (bigger) { stack = bigger; cap *= 2; }
-        }
-        if (top < cap) stack[top++] = e->node;
-        else { e->node->refcount = 1; mm_node_release(e->node); } /* last resort */
-      }
-    }
-    release_saved(n);
-    if (n->grad_acc) mm_tensor_release(n->grad_acc);
-    if (n->edges != n->inline_edges) free(n->edges);
-    free(n->ctx);
-    free(n);
-  }
-  if (stack != inline_stack) free(stack);
-}
-
-void mm_autograd_detach_output(mm_tensor *t) {
-  mm_node *n = t->grad_fn;
-  t->grad_fn = NULL;
-  if (n->output == t) n->output = NULL;
-  mm_node_release(n);
+  return out;
+fail:
+  mm_tensor_release(out);
+  return NULL;
 }
 
 mm_tensor *mm_detach(mm_tensor *t) {
@@ -142,8 +119,8 @@ static int accumulate(mm_tensor **acc, mm_tensor *g, bool in_place_ok) {
     *acc = g;
     return 0;
   }
-  if (in_place_ok) return mm_binary_inplace(MM_OP_ADD, *acc, g);
-  mm_tensor *s = mm_binary(MM_OP_ADD, *acc, g);
+  if (in_place_ok) return mm_raw_binary_(MM_OP_ADD, *acc, g);
+  mm_tensor *s = mm_raw_binary(MM_OP_ADD, *acc, g);
   if (!s) return -1;
   mm_tensor_release(*acc);
   *acc = s;
@@ -183,21 +160,21 @@ static int accumulate_leaf(mm_tensor *leaf, mm_tensor *g, int64_t held) {
     return 0;
   }
   if (!leaf->grad) {
-    mm_tensor *c = mm_clone(g);
+    mm_tensor *c = mm_raw_clone(g);
     if (!c) return -1;
     leaf->grad = c;
     return 0;
   }
-  int rc = mm_binary_inplace(MM_OP_ADD, leaf->grad, g);
+  int rc = mm_raw_binary_(MM_OP_ADD, leaf->grad, g);
   return rc;
 }
 
 /* Brings a raw input gradient to the edge's shape and dtype. */
 static mm_tensor *fit_to_edge(mm_tensor *g, const mm_edge *e) {
-  mm_tensor *r = mm_sum_to(g, e->ndim, e->shape);
+  mm_tensor *r = mm_raw_sum_to(g, e->ndim, e->shape);
   if (!r) return NULL;
   if (r->dtype != e->dtype) {
-    mm_tensor *c = mm_to_dtype(r, e->dtype);
+    mm_tensor *c = mm_raw_cast(r, e->dtype);
     mm_tensor_release(r);
     r = c;
   }
@@ -232,7 +209,7 @@ int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
                    mm_shape_str(t->ndim, t->shape, b2, sizeof b2));
       return -1;
     }
-    seed = mm_to_dtype(g, t->dtype);
+    seed = mm_raw_cast(g, t->dtype);
   } else {
     if (mm_numel(t) != 1) {
       mm_set_error("backward: grad can be implicitly created only for one-element tensors, "
@@ -244,8 +221,8 @@ int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
   }
   if (!seed) return -1;
 
-  bool saved_mode = grad_enabled;
-  grad_enabled = false;
+  bool saved_off = grad_off;
+  grad_off = true;
   int rc = -1;
   node_vec order = {0}, stack = {0};
 
@@ -286,7 +263,7 @@ int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
       goto done;
     }
     for (int i = 0; i < n->nsaved; i++)
-      if (n->saved[i]->storage->version != n->saved_version[i]) {
+      if (n->saved[i] && n->saved[i]->storage->version != n->saved_version[i]) {
         mm_set_error("backward: a tensor needed by %s was modified by an in-place operation "
                      "(saved at version %llu, now at version %llu); use an out-of-place op or "
                      "clone() it first", n->name, (unsigned long long)n->saved_version[i],
@@ -333,7 +310,7 @@ int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
       if (m && n->edges[i].needs_grad && --m->pending == 0 && m->grad_acc) vec_push(&stack, m);
     }
     if (!retain_graph) {
-      release_saved(n);
+      mm_node_release_saved(n);
       n->released = true;
     }
   }
@@ -348,6 +325,59 @@ done:
   free(order.v);
   free(stack.v);
   mm_tensor_release(seed);
-  grad_enabled = saved_mode;
+  grad_off = saved_off;
   return rc;
+}
+
+/* ---- requires_grad, retain_grad, .grad: the policy lives here, not in the
+ * bindings, so a C caller gets the same checks. */
+
+int mm_set_requires_grad(mm_tensor *t, bool on, const char *where) {
+  if (on && !mm_dtype_is_float(t->dtype)) {
+    mm_set_error("%s: only float32/float64 tensors can require gradients, got %s", where,
+                 mm_dtype_name(t->dtype));
+    return -1;
+  }
+  if (t->grad_fn) {
+    if (on) return 0;   /* a non-leaf already requires grad */
+    mm_set_error("%s: only leaf tensors can stop requiring grad (use :detach())", where);
+    return -1;
+  }
+  t->requires_grad = on;
+  return 0;
+}
+
+int mm_retain_grad(mm_tensor *t) {
+  if (!t->requires_grad) {
+    mm_set_error("retain_grad: the tensor does not require grad");
+    return -1;
+  }
+  if (t->grad_fn) t->retains_grad = true;
+  return 0;
+}
+
+int mm_set_grad(mm_tensor *t, mm_tensor *g) {
+  char b1[160], b2[160];
+  if (g && (g->ndim != t->ndim || memcmp(g->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim))) {
+    mm_set_error("grad: assigned gradient has shape %s but the tensor has shape %s",
+                 mm_shape_str(g->ndim, g->shape, b1, sizeof b1),
+                 mm_shape_str(t->ndim, t->shape, b2, sizeof b2));
+    return -1;
+  }
+  if (g && !mm_dtype_is_float(g->dtype)) {
+    mm_set_error("grad: expected a float32/float64 gradient, got %s", mm_dtype_name(g->dtype));
+    return -1;
+  }
+  if (g) mm_tensor_retain(g);
+  mm_tensor_release(t->grad);
+  t->grad = g;
+  return 0;
+}
+
+const char *mm_grad_fn_name(const mm_tensor *t) { return t->grad_fn ? t->grad_fn->name : NULL; }
+
+void mm_detach_(mm_tensor *t) {
+  if (t->grad_fn) mm_autograd_detach_output(t);
+  t->requires_grad = false;
+  t->retains_grad = false;
 }

@@ -1,21 +1,28 @@
-/* autograd.h — the tape: nodes that ops attach to their outputs, and the
- * interface op implementations use to record themselves.
+/* autograd.h — the tape, as op implementations see it (internal: not
+ * installed).  Public autograd calls (backward, detach, grad mode,
+ * requires_grad) are in tensor.h.
  *
- * Recording an op (forward and backward live side by side in the op's file):
+ * Recording an op: its forward computes `out` with raw kernels, then hands
+ * it to the one recorder with everything backward will need:
  *
- *     mm_tensor *in[2] = {a, b};
- *     if (mm_needs_grad(2, in)) {
- *       mm_node *n = mm_node_new("MulBackward", mul_backward, 2, in);
- *       if (!n) { mm_tensor_release(out); return NULL; }
- *       mm_node_save(n, a); mm_node_save(n, b);
- *       mm_node_attach(n, out);
- *     }
+ *     static const mm_op_def MUL = {"mul", "MulBackward", mul_backward};
+ *     ...
+ *     mm_tensor *in[2] = {a, b}, *saved[2] = {a, b};
+ *     mul_args args = {...};                      // any plain struct, any size
+ *     return mm_record(out, &MUL, 2, in, 2, saved, &args, sizeof args);
+ *
+ * mm_record decides whether a node is needed (grad mode on and an input
+ * requires grad), refuses to record a non-float output, saves the tensors
+ * with their storage versions, copies the argument struct, and attaches the
+ * node.  On any failure it releases `out`, leaves a message and returns NULL,
+ * so an op ends with `return mm_record(...)` and has no failure path of its
+ * own.  No other file creates nodes.
  *
  * A backward function receives the gradient of the output and fills gin[i]
  * (a new reference) for each input whose edge needs_grad.  gin[i] may have
  * any shape that broadcasts to the input's shape and any float dtype: the
  * engine sums it down to the input's shape and casts it, in one place.
- * Backward functions run with grad mode off and use ordinary ops.
+ * Backward functions run with grad mode off and may use ordinary ops.
  *
  * Saved tensors are stored as detached aliases (same storage, no grad_fn),
  * so saving an op's own output creates no reference cycle, and the
@@ -25,9 +32,14 @@
 
 #include "microml.h"
 
-#define MM_NODE_MAX_SAVED 6
-
 typedef int (*mm_backward_fn)(mm_node *n, mm_tensor *gout, mm_tensor **gin);
+
+/* What an op tells the recorder about itself; one static const per op. */
+typedef struct mm_op_def {
+  const char *op;            /* the op's user-facing name, for messages: "mul" */
+  const char *node;          /* the node's name, shown by grad_fn and the DOT export */
+  mm_backward_fn backward;
+} mm_op_def;
 
 typedef struct mm_edge {
   mm_node *node;        /* producer of this input (a reference), or NULL */
@@ -40,18 +52,15 @@ typedef struct mm_edge {
 
 struct mm_node {
   int64_t refcount;
-  const char *name;             /* "MulBackward" — shown by grad_fn and the DOT export */
+  const char *name;             /* def->node */
   mm_backward_fn backward;
   int ninputs;
-  mm_edge *edges;               /* points at inline_edges when ninputs <= 4 */
-  mm_edge inline_edges[4];
+  mm_edge *edges;               /* ninputs of them, in the node's own block */
   int nsaved;
-  mm_tensor *saved[MM_NODE_MAX_SAVED];
-  uint64_t saved_version[MM_NODE_MAX_SAVED];
+  mm_tensor **saved;            /* detached aliases; an entry may be NULL */
+  uint64_t *saved_version;
+  void *args;                   /* the op's argument struct (copied), or NULL */
   bool released;                /* saved tensors freed by a backward without retain_graph */
-  double fargs[4];              /* op parameters (exponent, eps, slope, ...) */
-  int64_t iargs[2 * MM_MAX_DIMS];
-  void *ctx;                    /* op-owned extra data, free()d with the node */
   mm_tensor *output;            /* weak: the output tensor while it lives */
   mm_dtype out_dtype;
   int out_ndim;
@@ -67,19 +76,25 @@ struct mm_node {
   mm_tensor *grad_acc;
 };
 
+/* The recorder (see the top of this file).  in[i] may be NULL (an input
+   that gets no gradient, e.g. a mask); saved[i] may be NULL too.  args may
+   be NULL when args_size is 0. */
+mm_tensor *mm_record(mm_tensor *out, const mm_op_def *def, int nin, mm_tensor *const *in,
+                     int nsaved, mm_tensor *const *saved, const void *args, size_t args_size);
+/* Whether mm_record would record for these inputs (to skip work a
+   non-recorded call does not need, such as computing a saved mask). */
 bool mm_needs_grad(int n, mm_tensor *const *inputs);
+/* The argument struct given to mm_record. */
+static inline const void *mm_node_args(const mm_node *n) { return n->args; }
 
-mm_node *mm_node_new(const char *name, mm_backward_fn fn, int n, mm_tensor *const *inputs);
-int mm_node_save(mm_node *node, mm_tensor *t);     /* returns the slot, or -1 */
-void mm_node_attach(mm_node *node, mm_tensor *out); /* takes the node's reference */
+/* Node lifetime (tensor.c: a tensor owns its grad_fn node, a node owns its
+   saved tensors, so both lifetimes live in one file). */
 void mm_node_retain(mm_node *n);
 void mm_node_release(mm_node *n);
-
-/* Called by mm_tensor_release for a tensor with a grad_fn. */
+void mm_node_release_saved(mm_node *n);
+/* Cuts t from its producer node (t becomes a leaf). */
 void mm_autograd_detach_output(mm_tensor *t);
 
-/* Sum g down to (ndim, shape) as broadcasting's inverse. New reference. */
-mm_tensor *mm_sum_to(mm_tensor *g, int ndim, const int64_t *shape);
 /* Statistics of gradients flowing through each node (off by default). */
 void mm_autograd_set_stats(bool on);
 bool mm_autograd_stats_enabled(void);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "internal.h"
 #include "gemm.h"
 #include "iter.h"
 #include "parallel.h"
@@ -33,12 +34,8 @@ static mm_tensor *raw_as(mm_tensor *t, mm_dtype dt, bool contiguous) {
     mm_tensor_retain(t);
     return t;
   }
-  mm_tensor *c = mm_tensor_empty(dt, t->ndim, t->shape);
-  if (c && mm_copy_(c, t) < 0) {
-    mm_tensor_release(c);
-    return NULL;
-  }
-  return c;
+  if (t->dtype != dt) return mm_raw_cast(t, dt);   /* a fresh, contiguous copy */
+  return mm_raw_clone(t);
 }
 
 /* ---- window geometry ------------------------------------------------------------ */
@@ -267,12 +264,16 @@ static void set_strides(int64_t *dst, const mm_tensor *t) {
 
 /* ---- conv2d ------------------------------------------------------------------------ */
 
+/* The node's arguments: what the input and weight shapes do not tell. */
+typedef struct { int64_t sh, sw, ph, pw; } conv_args;
+
 /* Rebuilds the geometry a conv2d node recorded. */
 static void conv_geom_of(const mm_node *n, geom *g) {
   const int64_t *xs = n->edges[0].shape, *ws = n->edges[1].shape;
   *g = (geom){.N = xs[0], .C = xs[1], .H = xs[2], .W = xs[3], .O = ws[0], .kh = ws[2],
-              .kw = ws[3], .sh = n->iargs[0], .sw = n->iargs[1], .ph = n->iargs[2],
-              .pw = n->iargs[3]};
+              .kw = ws[3]};
+  const conv_args *a = mm_node_args(n);
+  g->sh = a->sh, g->sw = a->sw, g->ph = a->ph, g->pw = a->pw;
   g->Ho = (g->H + 2 * g->ph - g->kh) / g->sh + 1;
   g->Wo = (g->W + 2 * g->pw - g->kw) / g->sw + 1;
 }
@@ -381,19 +382,10 @@ mm_tensor *mm_conv2d(mm_tensor *x, mm_tensor *w, mm_tensor *b, const int64_t str
   }
   mm_tensor_release(xo), mm_tensor_release(wo), mm_tensor_release(bo), mm_tensor_release(col);
 
-  mm_tensor *in[3] = {x, w, b};
-  if (mm_needs_grad(3, in)) {
-    mm_node *node = mm_node_new("Conv2dBackward", conv2d_backward, b ? 3 : 2, in);
-    if (!node || mm_node_save(node, x) < 0 || mm_node_save(node, w) < 0) {
-      mm_node_release(node);
-      mm_tensor_release(y);
-      return NULL;
-    }
-    node->iargs[0] = g->sh, node->iargs[1] = g->sw;
-    node->iargs[2] = g->ph, node->iargs[3] = g->pw;
-    mm_node_attach(node, y);
-  }
-  return y;
+  static const mm_op_def CONV2D = {"conv2d", "Conv2dBackward", conv2d_backward};
+  mm_tensor *in[3] = {x, w, b}, *saved[2] = {x, w};
+  conv_args a = {g->sh, g->sw, g->ph, g->pw};
+  return mm_record(y, &CONV2D, b ? 3 : 2, in, 2, saved, &a, sizeof a);
 fail:
   mm_tensor_release(xo), mm_tensor_release(wo), mm_tensor_release(bo);
   mm_tensor_release(col), mm_tensor_release(y);
@@ -507,11 +499,13 @@ POOL_TASK(max_pool_back)
 POOL_TASK(avg_pool)
 POOL_TASK(avg_pool_back)
 
+typedef struct { int64_t kh, kw, sh, sw, ph, pw; } pool_args;
+
 static void pool_geom_of(const mm_node *n, geom *g) {
   const int64_t *xs = n->edges[0].shape;
-  *g = (geom){.N = xs[0], .C = xs[1], .H = xs[2], .W = xs[3], .O = xs[1], .kh = n->iargs[0],
-              .kw = n->iargs[1], .sh = n->iargs[2], .sw = n->iargs[3], .ph = n->iargs[4],
-              .pw = n->iargs[5]};
+  const pool_args *a = mm_node_args(n);
+  *g = (geom){.N = xs[0], .C = xs[1], .H = xs[2], .W = xs[3], .O = xs[1], .kh = a->kh,
+              .kw = a->kw, .sh = a->sh, .sw = a->sw, .ph = a->ph, .pw = a->pw};
   g->Ho = (g->H + 2 * g->ph - g->kh) / g->sh + 1;
   g->Wo = (g->W + 2 * g->pw - g->kw) / g->sw + 1;
 }
@@ -524,7 +518,7 @@ static int pool_backward(mm_node *n, mm_tensor *gy, mm_tensor **gin) {
   set_strides(j.gs, gy);
   if (!(gin[0] = mm_tensor_zeros(j.dt, 4, n->edges[0].shape))) return -1;
   j.dx = mm_data_ptr(gin[0]);
-  if (n->nsaved) {
+  if (n->saved[0]) {   /* max pooling saved the winners' positions */
     j.idx = mm_data_ptr(n->saved[0]);
     mm_parallel_for(j.g.N * j.g.C, max_pool_back_task, &j);
   } else {
@@ -560,18 +554,10 @@ static mm_tensor *pool2d(mm_tensor *x, const int64_t kernel[2], const int64_t st
   j.y = mm_data_ptr(y);
   j.idx = idx ? mm_data_ptr(idx) : NULL;
   mm_parallel_for(g->N * g->C, is_max ? max_pool_task : avg_pool_task, &j);
-  if (record) {
-    mm_node *node = mm_node_new(is_max ? "MaxPool2dBackward" : "AvgPool2dBackward",
-                                pool_backward, 1, &x);
-    if (!node || (idx && mm_node_save(node, idx) < 0)) {
-      mm_node_release(node);
-      mm_tensor_release(y), mm_tensor_release(idx);
-      return NULL;
-    }
-    int64_t args[6] = {g->kh, g->kw, g->sh, g->sw, g->ph, g->pw};
-    memcpy(node->iargs, args, sizeof args);
-    mm_node_attach(node, y);
-  }
+  static const mm_op_def MAX_POOL = {"max_pool2d", "MaxPool2dBackward", pool_backward};
+  static const mm_op_def AVG_POOL = {"avg_pool2d", "AvgPool2dBackward", pool_backward};
+  pool_args a = {g->kh, g->kw, g->sh, g->sw, g->ph, g->pw};
+  y = mm_record(y, is_max ? &MAX_POOL : &AVG_POOL, 1, &x, 1, &idx, &a, sizeof a);
   mm_tensor_release(idx);
   return y;
 }

@@ -1,199 +1,18 @@
-/* elementwise.c — broadcasting binary and unary ops, their backward rules,
- * fill/copy/cast, and sum_to (broadcasting's inverse, used by the engine).
- *
- * Kernels are written once per element type with a macro; the macro body is
- * a plain loop with three fast paths (all contiguous, right operand a
- * scalar, left operand a scalar) that the compiler vectorises, and a
- * general strided path. */
+/* elementwise.c — the recorded pointwise ops: broadcasting binary and
+ * unary ops with their backward rules, in-place fill/copy/arithmetic,
+ * casts and copies, where.  The arithmetic is in pointwise_raw.c. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <tgmath.h>
 
 #include "autograd.h"
-#include "cpu.h"
-#include "elementwise_avx2.h"
-#include "iter.h"
-#include "parallel.h"
+#include "internal.h"
 
-/* ---- shape inference -------------------------------------------------- */
-
-int mm_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
-                        int64_t *out) {
-  int n = na > nb ? na : nb;
-  for (int i = 0; i < n; i++) {
-    int ia = na - n + i, ib = nb - n + i;
-    int64_t a = ia >= 0 ? sa[ia] : 1, b = ib >= 0 ? sb[ib] : 1;
-    if (a != b && a != 1 && b != 1) {
-      char b1[160], b2[160];
-      mm_set_error("shapes %s and %s cannot broadcast (dimension %d: %lld vs %lld)",
-                   mm_shape_str(na, sa, b1, sizeof b1), mm_shape_str(nb, sb, b2, sizeof b2),
-                   i + 1, (long long)a, (long long)b);
-      return -1;
-    }
-    out[i] = a == 1 ? b : a;
-  }
-  *nout = n;
-  return 0;
-}
-
-/* ---- binary kernels ----------------------------------------------------- */
-
-#define BINARY_KERNEL(NAME, T, EXPR)                                                  \
-  static void NAME(int64_t n, char **p, const int64_t *s, const void *ctx) {          \
-    (void)ctx;                                                                        \
-    T *o = (T *)p[0];                                                                 \
-    const T *x = (const T *)p[1], *y = (const T *)p[2];                               \
-    const int64_t z = (int64_t)sizeof(T);                                             \
-    if (s[0] == z && s[1] == z && s[2] == z) {                                        \
-      for (int64_t i = 0; i < n; i++) { T a = x[i], b = y[i]; o[i] = (EXPR); }        \
-    } else if (s[0] == z && s[1] == z && s[2] == 0) {                                 \
-      T b = *y;                                                                       \
-      for (int64_t i = 0; i < n; i++) { T a = x[i]; o[i] = (EXPR); }                  \
-    } else if (s[0] == z && s[1] == 0 && s[2] == z) {                                 \
-      T a = *x;                                                                       \
-      for (int64_t i = 0; i < n; i++) { T b = y[i]; o[i] = (EXPR); }                  \
-    } else {                                                                          \
-      const int64_t so = s[0] / z, sx = s[1] / z, sy = s[2] / z;                      \
-      for (int64_t i = 0; i < n; i++) { T a = x[i * sx], b = y[i * sy]; o[i * so] = (EXPR); } \
-    }                                                                                 \
-  }
-
-/* NaN-propagating maximum/minimum, as IEEE-minded users expect. */
-#define MAXIMUM(a, b) ((a) != (a) ? (a) : ((a) > (b) || (b) != (b)) ? ((a) > (b) ? (a) : (b)) : (b))
-#define MINIMUM(a, b) ((a) != (a) ? (a) : ((a) < (b) || (b) != (b)) ? ((a) < (b) ? (a) : (b)) : (b))
-
-static inline int64_t ipow(int64_t a, int64_t b) {
-  if (b < 0) return a == 1 ? 1 : (a == -1 ? (b & 1 ? -1 : 1) : 0);
-  uint64_t r = 1, x = (uint64_t)a;   /* wraps like Lua's integers, no UB */
-  while (b) { if (b & 1) r *= x; x *= x; b >>= 1; }
-  return (int64_t)r;
-}
-
-/* int64 arithmetic wraps around on overflow, as Lua's integers do; signed
- * overflow is undefined in C, so it is done in uint64_t.  _Generic picks the
- * plain expression for floats (the other branch is not evaluated). */
-#define WRAP(OP, a, b) _Generic((a), int64_t: (int64_t)((uint64_t)(a) OP (uint64_t)(b)), \
-                                default: (a) OP (b))
-
-#define BINARY_FAMILY(SUF, T, POW)                                    \
-  BINARY_KERNEL(add_##SUF, T, WRAP(+, a, b))                          \
-  BINARY_KERNEL(sub_##SUF, T, WRAP(-, a, b))                          \
-  BINARY_KERNEL(mul_##SUF, T, WRAP(*, a, b))                          \
-  BINARY_KERNEL(div_##SUF, T, a / b)                                  \
-  BINARY_KERNEL(pow_##SUF, T, POW(a, b))                              \
-  BINARY_KERNEL(maximum_##SUF, T, MAXIMUM(a, b))                      \
-  BINARY_KERNEL(minimum_##SUF, T, MINIMUM(a, b))                      \
-  BINARY_KERNEL(eq_##SUF, T, (T)(a == b))                             \
-  BINARY_KERNEL(ne_##SUF, T, (T)(a != b))                             \
-  BINARY_KERNEL(lt_##SUF, T, (T)(a < b))                              \
-  BINARY_KERNEL(le_##SUF, T, (T)(a <= b))                             \
-  BINARY_KERNEL(gt_##SUF, T, (T)(a > b))                              \
-  BINARY_KERNEL(ge_##SUF, T, (T)(a >= b))                             \
-  static const mm_loop_fn binary_##SUF[MM_BINARY_COUNT] = {           \
-    add_##SUF, sub_##SUF, mul_##SUF, div_##SUF, pow_##SUF,            \
-    maximum_##SUF, minimum_##SUF, eq_##SUF, ne_##SUF, lt_##SUF,       \
-    le_##SUF, gt_##SUF, ge_##SUF};
-
-BINARY_FAMILY(f32, float, pow)
-BINARY_FAMILY(f64, double, pow)
-BINARY_FAMILY(i64, int64_t, ipow)
-
-static const mm_loop_fn *binary_table(mm_dtype dt) {
-  return dt == MM_FLOAT32 ? binary_f32 : dt == MM_FLOAT64 ? binary_f64 : binary_i64;
-}
-
-static const char *const binary_names[MM_BINARY_COUNT] = {
-  "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge"};
-const char *mm_binary_name(mm_binary_op op) { return binary_names[op]; }
 
 static bool is_comparison(mm_binary_op op) { return op >= MM_OP_EQ; }
-
-/* Integer division is true division, as in PyTorch: promote to float32. */
-static mm_dtype binary_result_dtype(mm_binary_op op, mm_dtype a, mm_dtype b) {
-  mm_dtype d = mm_promote(a, b);
-  if (d == MM_INT64 && op == MM_OP_DIV) d = MM_FLOAT32;
-  return d;
-}
-
-/* Casts t to dt if needed (new reference either way). */
-static mm_tensor *as_dtype(mm_tensor *t, mm_dtype dt) {
-  if (t->dtype == dt) { mm_tensor_retain(t); return t; }
-  return mm_to_dtype(t, dt);
-}
-
-mm_tensor *mm_tensor_empty_unchecked(mm_dtype dt, int ndim, const int64_t *shape); /* tensor.c */
-
-/* The small-operand fast path: operands of one dtype whose result keeps it,
- * where either both have one shape and are contiguous, or one of them is a
- * single element (a number from Lua arrives as a 0-dim tensor) with no more
- * dims than the other, contiguous one.  Then the output has the big
- * operand's shape and the kernel runs once over flat arrays, the single
- * element read with stride 0 — as the iterator would set it up.  Returns
- * the operand whose shape the output takes, or NULL. */
-static const mm_tensor *flat_operands(mm_binary_op op, const mm_tensor *a, const mm_tensor *b) {
-  if (a->dtype != b->dtype) return NULL;
-  if (a->dtype == MM_INT64 && op == MM_OP_DIV) return NULL;   /* promotes to float32 */
-  if (a->ndim == b->ndim) {
-    int i = 0;
-    while (i < a->ndim && a->shape[i] == b->shape[i]) i++;
-    if (i == a->ndim) return mm_is_contiguous(a) && mm_is_contiguous(b) ? a : NULL;
-  }
-  if (b->ndim <= a->ndim && mm_numel(b) == 1) return mm_is_contiguous(a) ? a : NULL;
-  if (a->ndim <= b->ndim && mm_numel(a) == 1) return mm_is_contiguous(b) ? b : NULL;
-  return NULL;
-}
-
-/* Forward of a binary op into a fresh tensor, no recording. */
-static mm_tensor *binary_forward(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
-  /* Small operands (scalars, a bias, a batch-1 activation, x * 0.5): one
-   * call of the kernel on flat arrays, skipping shape inference, the
-   * iterator's setup and the dtype round trip — most of the cost of an op
-   * this small.  Same kernel, same elements, so the same result as the
-   * general path. */
-  const mm_tensor *big = flat_operands(op, a, b);
-  if (big) {
-    int64_t n = mm_numel(big);
-    if (n < 16384) {
-      mm_dtype dt = a->dtype;
-      mm_tensor *out = mm_tensor_empty_unchecked(dt, big->ndim, big->shape);
-      if (!out) return NULL;
-      if (n > 0) {
-        int64_t es = dt == MM_FLOAT32 ? 4 : 8;
-        /* a lone element broadcast to n > 1 is read with stride 0 */
-        int64_t st[3] = {es, a == big || mm_numel(a) == n ? es : 0,
-                         b == big || mm_numel(b) == n ? es : 0};
-        char *p[3] = {(char *)out->storage->data,   /* fresh: offset 0 */
-                      (char *)a->storage->data + a->offset * es,
-                      (char *)b->storage->data + b->offset * es};
-        binary_table(dt)[op](n, p, st, NULL);
-      }
-      return out;
-    }
-  }
-  int nd;
-  int64_t shape[MM_MAX_DIMS];
-  if (mm_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) < 0) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s: %s", binary_names[op], mm_error());
-    mm_set_error("%s", msg);
-    return NULL;
-  }
-  mm_dtype dt = binary_result_dtype(op, a->dtype, b->dtype);
-  mm_tensor *ca = as_dtype(a, dt), *cb = ca ? as_dtype(b, dt) : NULL;
-  mm_tensor *out = cb ? mm_tensor_empty(dt, nd, shape) : NULL;
-  if (out) {
-    mm_iter it;
-    mm_tensor *ops[3] = {out, ca, cb};
-    mm_iter_init(&it, 3, ops, nd, shape);
-    mm_iter_run(&it, binary_table(dt)[op], NULL);
-  }
-  mm_tensor_release(ca);
-  mm_tensor_release(cb);
-  return out;
-}
-
 /* ---- binary backward ---------------------------------------------------- */
+
+typedef struct { mm_binary_op op; } binary_args;
 
 static int add_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   for (int i = 0; i < 2; i++)
@@ -258,7 +77,8 @@ out:
 
 /* Ties split the gradient evenly between the two inputs, as PyTorch does. */
 static int maxmin_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  mm_binary_op cmp = n->iargs[0] == MM_OP_MAXIMUM ? MM_OP_GT : MM_OP_LT;
+  const binary_args *args = mm_node_args(n);
+  mm_binary_op cmp = args->op == MM_OP_MAXIMUM ? MM_OP_GT : MM_OP_LT;
   mm_tensor *a = n->saved[0], *b = n->saved[1];
   mm_tensor *win = mm_binary(cmp, a, b), *tie = mm_binary(MM_OP_EQ, a, b);
   mm_tensor *half = tie ? mm_binary_scalar(MM_OP_MUL, tie, 0.5, false) : NULL;
@@ -278,35 +98,24 @@ out:
   return rc;
 }
 
-static const struct { const char *name; mm_backward_fn fn; int save; } binary_grad[] = {
-  [MM_OP_ADD] = {"AddBackward", add_backward, 0},
-  [MM_OP_SUB] = {"SubBackward", sub_backward, 0},
-  [MM_OP_MUL] = {"MulBackward", mul_backward, 2},
-  [MM_OP_DIV] = {"DivBackward", div_backward, 2},
-  [MM_OP_POW] = {"PowBackward", pow_backward, 3},
-  [MM_OP_MAXIMUM] = {"MaximumBackward", maxmin_backward, 2},
-  [MM_OP_MINIMUM] = {"MinimumBackward", maxmin_backward, 2},
+/* How many tensors each op's backward needs: 0 none, 2 (a, b), 3 (a, b, out). */
+static const struct { mm_op_def def; int save; } binary_grad[] = {
+  [MM_OP_ADD] = {{"add", "AddBackward", add_backward}, 0},
+  [MM_OP_SUB] = {{"sub", "SubBackward", sub_backward}, 0},
+  [MM_OP_MUL] = {{"mul", "MulBackward", mul_backward}, 2},
+  [MM_OP_DIV] = {{"div", "DivBackward", div_backward}, 2},
+  [MM_OP_POW] = {{"pow", "PowBackward", pow_backward}, 3},
+  [MM_OP_MAXIMUM] = {{"maximum", "MaximumBackward", maxmin_backward}, 2},
+  [MM_OP_MINIMUM] = {{"minimum", "MinimumBackward", maxmin_backward}, 2},
 };
 
 mm_tensor *mm_binary(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
-  mm_tensor *out = binary_forward(op, a, b);
-  if (!out) return NULL;
-  mm_tensor *in[2] = {a, b};
-  if (!is_comparison(op) && mm_needs_grad(2, in)) {
-    if (!mm_dtype_is_float(out->dtype)) {
-      mm_tensor_release(out);
-      mm_set_error("%s: only floating-point tensors can require gradients, got %s",
-                   binary_names[op], mm_dtype_name(out->dtype));
-      return NULL;
-    }
-    mm_node *node = mm_node_new(binary_grad[op].name, binary_grad[op].fn, 2, in);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    node->iargs[0] = op;
-    if (binary_grad[op].save >= 2) { mm_node_save(node, a); mm_node_save(node, b); }
-    if (binary_grad[op].save >= 3) mm_node_save(node, out);
-    mm_node_attach(node, out);
-  }
-  return out;
+  mm_tensor *out = mm_raw_binary(op, a, b);
+  if (is_comparison(op)) return out;
+  mm_tensor *in[2] = {a, b}, *saved[3] = {a, b, out};
+  binary_args args = {op};
+  return mm_record(out, &binary_grad[op].def, 2, in, binary_grad[op].save, saved, &args,
+                   sizeof args);
 }
 
 /* The scalar becomes a 0-dim tensor of the tensor's dtype, except that a
@@ -325,33 +134,6 @@ mm_tensor *mm_binary_scalar(mm_binary_op op, mm_tensor *a, double s, bool scalar
   return out;
 }
 
-int mm_binary_inplace(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
-  int nd;
-  int64_t shape[MM_MAX_DIMS];
-  char b1[160], b2[160];
-  if (mm_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) < 0) return -1;
-  if (nd != a->ndim || memcmp(shape, a->shape, sizeof(int64_t) * (size_t)nd)) {
-    mm_set_error("%s_: result shape %s does not fit the in-place tensor's shape %s",
-                 binary_names[op], mm_shape_str(nd, shape, b1, sizeof b1),
-                 mm_shape_str(a->ndim, a->shape, b2, sizeof b2));
-    return -1;
-  }
-  if (binary_result_dtype(op, a->dtype, b->dtype) != a->dtype && a->dtype == MM_INT64) {
-    mm_set_error("%s_: the result is %s but the in-place tensor is int64", binary_names[op],
-                 mm_dtype_name(binary_result_dtype(op, a->dtype, b->dtype)));
-    return -1;
-  }
-  mm_tensor *cb = as_dtype(b, a->dtype);
-  if (!cb) return -1;
-  mm_iter it;
-  mm_tensor *ops[3] = {a, a, cb};
-  mm_iter_init(&it, 3, ops, nd, shape);
-  mm_iter_run(&it, binary_table(a->dtype)[op], NULL);
-  mm_tensor_release(cb);
-  mm_bump_version(a);
-  return 0;
-}
-
 int mm_binary_scalar_inplace(mm_binary_op op, mm_tensor *a, double s) {
   mm_tensor *st = mm_tensor_scalar(a->dtype, s);
   if (!st) return -1;
@@ -360,213 +142,23 @@ int mm_binary_scalar_inplace(mm_binary_op op, mm_tensor *a, double s) {
   return rc;
 }
 
-/* ---- unary kernels ------------------------------------------------------ */
-
-#define SQRT_2_OVER_PI 0.7978845608028654
-#define INV_SQRT_2 0.7071067811865476
-
-/* Forward value y = f(x), and the local derivative dy/dx from x and y. */
-#define UNARY_CASES(T)                                                              \
-  X(T, MM_OP_NEG, -x, -1)                                                              \
-  X(T, MM_OP_ABS, fabs(x), (T)((x > 0) - (x < 0)))                                     \
-  X(T, MM_OP_EXP, exp(x), y)                                                           \
-  X(T, MM_OP_LOG, log(x), 1 / x)                                                       \
-  X(T, MM_OP_LOG1P, log1p(x), 1 / (1 + x))                                             \
-  X(T, MM_OP_SQRT, sqrt(x), (T)0.5 / y)                                                \
-  X(T, MM_OP_RSQRT, 1 / sqrt(x), (T)-0.5 * y * y * y)                                  \
-  X(T, MM_OP_SIN, sin(x), cos(x))                                                      \
-  X(T, MM_OP_COS, cos(x), -sin(x))                                                     \
-  X(T, MM_OP_TANH, tanh(x), 1 - y * y)                                                 \
-  X(T, MM_OP_SIGMOID, sigmoid_##T(x), y * (1 - y))                                     \
-  X(T, MM_OP_RELU, RELU_FW(T, x), (T)(x > 0))                                 \
-  X(T, MM_OP_SILU, x * sigmoid_##T(x), silu_grad_##T(x))                               \
-  X(T, MM_OP_GELU, (T)0.5 * x * (1 + erf(x * (T)INV_SQRT_2)), gelu_grad_##T(x))        \
-  X(T, MM_OP_GELU_TANH, gelu_tanh_##T(x), gelu_tanh_grad_##T(x))                       \
-  X(T, MM_OP_SIGN, (T)((x > 0) - (x < 0)), 0)
-
-/* Stable for large |x|: never exponentiates a large positive number. */
-#define UNARY_HELPERS(T)                                                              \
-  static inline T sigmoid_##T(T x) {                                                  \
-    if (x >= 0) return 1 / (1 + exp(-x));                                             \
-    T e = exp(x);                                                                     \
-    return e / (1 + e);                                                               \
-  }                                                                                   \
-  static inline T silu_grad_##T(T x) { T s = sigmoid_##T(x); return s * (1 + x * (1 - s)); } \
-  static inline T gelu_grad_##T(T x) {                                                \
-    return (T)0.5 * (1 + erf(x * (T)INV_SQRT_2)) +                                    \
-           x * exp((T)-0.5 * x * x) * (T)(0.5 * M_2_SQRTPI * INV_SQRT_2);             \
-  }                                                                                   \
-  static inline T gelu_tanh_##T(T x) {                                                \
-    return (T)0.5 * x * (1 + tanh((T)SQRT_2_OVER_PI * (x + (T)0.044715 * x * x * x))); \
-  }                                                                                   \
-  static inline T gelu_tanh_grad_##T(T x) {                                           \
-    T u = (T)SQRT_2_OVER_PI * (x + (T)0.044715 * x * x * x), t = tanh(u);             \
-    return (T)0.5 * (1 + t) +                                                         \
-           (T)0.5 * x * (1 - t * t) * (T)SQRT_2_OVER_PI * (1 + (T)(3 * 0.044715) * x * x); \
-  }
-
-typedef float f32;
-typedef double f64;
-/* ReLU as PyTorch defines it: x where x > 0, NaN stays NaN, everything else
- * (-inf and -0 included) is +0.  Written as a select of x or 0 on the mask
- * (x > 0 || x != x) rather than a branch: as a branch it mispredicts on
- * about half of a layer's activations and cost more than the matmul beside
- * it.  The gradient is likewise a select: g where x > 0, exactly 0 elsewhere
- * (even where g is NaN or inf), as torch's threshold_backward. */
-#define RELU_FW(T, x) ((x) > 0 || (x) != (x) ? (x) : (T)0)
-UNARY_HELPERS(f32)
-UNARY_HELPERS(f64)
-
-#define UNARY_KERNELS(T)                                                              \
-  static void unary_fw_##T(int64_t n, char **p, const int64_t *s, const void *ctx) { \
-    mm_unary_op op = *(const mm_unary_op *)ctx;                                       \
-    T *o = (T *)p[0];                                                                 \
-    const T *in = (const T *)p[1];                                                    \
-    int64_t so = s[0] / (int64_t)sizeof(T), sx = s[1] / (int64_t)sizeof(T);           \
-    switch (op) {                                                                     \
-    UNARY_CASES(T)                                                                    \
-    default: break;                                                                   \
-    }                                                                                 \
-  }
-#define X(T, OP, FW, BW)                                                                 \
-  case OP:                                                                            \
-    if (so == 1 && sx == 1)                                                           \
-      for (int64_t i = 0; i < n; i++) { T x = in[i]; o[i] = (FW); }                   \
-    else                                                                              \
-      for (int64_t i = 0; i < n; i++) { T x = in[i * sx]; o[i * so] = (FW); }         \
-    break;
-UNARY_KERNELS(f32)
-UNARY_KERNELS(f64)
-#undef X
-#undef UNARY_KERNELS
-
-/* Derivative kernels: operands (d, x, y). */
-#define UNARY_KERNELS(T)                                                              \
-  static void unary_bw_##T(int64_t n, char **p, const int64_t *s, const void *ctx) { \
-    mm_unary_op op = *(const mm_unary_op *)ctx;                                       \
-    T *d = (T *)p[0];                                                                 \
-    const T *xs = (const T *)p[1], *ys = (const T *)p[2];                             \
-    int64_t sd = s[0] / (int64_t)sizeof(T), sx = s[1] / (int64_t)sizeof(T),          \
-            sy = s[2] / (int64_t)sizeof(T);                                           \
-    switch (op) {                                                                     \
-    UNARY_CASES(T)                                                                    \
-    default: break;                                                                   \
-    }                                                                                 \
-  }
-#define X(T, OP, FW, BW)                                                                 \
-  case OP:                                                                            \
-    for (int64_t i = 0; i < n; i++) {                                                 \
-      T x = xs[i * sx], y = ys[i * sy];                                               \
-      (void)x, (void)y;                                                               \
-      d[i * sd] = (BW);                                                               \
-    }                                                                                 \
-    break;
-UNARY_KERNELS(f32)
-UNARY_KERNELS(f64)
-#undef X
-
-static void unary_fw_i64(int64_t n, char **p, const int64_t *s, const void *ctx) {
-  mm_unary_op op = *(const mm_unary_op *)ctx;
-  int64_t *o = (int64_t *)p[0];
-  const int64_t *in = (const int64_t *)p[1];
-  int64_t so = s[0] / 8, sx = s[1] / 8;
-  for (int64_t i = 0; i < n; i++) {
-    int64_t x = in[i * sx];
-    int64_t neg = (int64_t)(0 - (uint64_t)x);   /* -INT64_MIN wraps, as in Lua */
-    o[i * so] = op == MM_OP_NEG ? neg : op == MM_OP_ABS ? (x < 0 ? neg : x)
-              : op == MM_OP_RELU ? (x > 0 ? x : 0) : (x > 0) - (x < 0);
-  }
-}
-
-static const char *const unary_names[MM_UNARY_COUNT] = {
-  "neg", "abs", "exp", "log", "log1p", "sqrt", "rsqrt", "sin", "cos", "tanh",
-  "sigmoid", "relu", "silu", "gelu", "gelu_tanh", "sign"};
 static const char *const unary_node_names[MM_UNARY_COUNT] = {
   "NegBackward", "AbsBackward", "ExpBackward", "LogBackward", "Log1pBackward",
   "SqrtBackward", "RsqrtBackward", "SinBackward", "CosBackward", "TanhBackward",
   "SigmoidBackward", "ReluBackward", "SiluBackward", "GeluBackward", "GeluBackward",
   "SignBackward"};
-const char *mm_unary_name(mm_unary_op op) { return unary_names[op]; }
 
-/* ReLU's gin = (x > 0 ? g : 0) in one pass, without writing the derivative
- * to a temporary and reading it back (operands: gin, g, x, all of x's dtype
- * and shape). */
-#define RELU_BW(T)                                                                      \
-  static void relu_bw_##T(int64_t n, char **p, const int64_t *s, const void *ctx) {    \
-    (void)ctx;                                                                          \
-    T *o = (T *)p[0];                                                                   \
-    const T *g = (const T *)p[1], *x = (const T *)p[2];                                 \
-    if (s[0] == sizeof(T) && s[1] == sizeof(T) && s[2] == sizeof(T))                    \
-      for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? g[i] : (T)0;                    \
-    else                                                                                \
-      for (int64_t i = 0; i < n; i++)                                                   \
-        *(T *)(p[0] + i * s[0]) =                                                       \
-          *(const T *)(p[2] + i * s[2]) > 0 ? *(const T *)(p[1] + i * s[1]) : (T)0;     \
-  }
-RELU_BW(f32)
-RELU_BW(f64)
-#undef RELU_BW
-
-/* A float32 ReLU over contiguous memory goes to the AVX2 loop (bit-identical
- * to the portable one), cut into fixed blocks the pool shares out: an MLP's
- * [128, 256] activations (32K floats) ran on the calling thread while the
- * other core waited, four times a step.  Every element is independent, so
- * the split cannot change a result. */
-#define RELU_BLOCK 8192          /* floats per task: 32 KiB in, 32 KiB out */
-#define RELU_PARALLEL_MIN 16384  /* below this one thread is quicker than a dispatch */
-
-static bool relu_avx2_ok(const mm_tensor *x) {
-  return x->dtype == MM_FLOAT32 && mm_is_contiguous(x) && mm_kernel_id() >= MM_KERNEL_AVX2;
-}
-
-typedef struct {
-  int64_t n;
-  const float *g, *x;   /* g NULL: forward */
-  float *y;
-} relu_job;
-
-static void relu_blocks(void *ctx, int64_t b0, int64_t b1) {
-  const relu_job *j = ctx;
-  int64_t i0 = b0 * RELU_BLOCK, i1 = b1 * RELU_BLOCK;
-  if (i1 > j->n) i1 = j->n;
-  if (j->g) mm_relu_bw_f32_avx2(i1 - i0, j->g + i0, j->x + i0, j->y + i0);
-  else mm_relu_f32_avx2(i1 - i0, j->x + i0, j->y + i0);
-}
-
-/* y = relu(x), or y = g * relu'(x) when g is given; all contiguous float32. */
-static void relu_avx2_run(int64_t n, const float *g, const float *x, float *y) {
-  relu_job j = {n, g, x, y};
-  int64_t nb = (n + RELU_BLOCK - 1) / RELU_BLOCK;
-  if (n < RELU_PARALLEL_MIN) relu_blocks(&j, 0, nb);
-  else mm_parallel_for(nb, relu_blocks, &j);
-}
+typedef struct { mm_unary_op op; } unary_args;
 
 /* gin = g * f'(x), the derivative computed from the saved input and output. */
 static int unary_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  mm_unary_op op = (mm_unary_op)n->iargs[0];
+  mm_unary_op op = ((const unary_args *)mm_node_args(n))->op;
   mm_tensor *x = n->saved[0], *y = n->saved[1];
   if (op == MM_OP_RELU && g->dtype == x->dtype && g->ndim == x->ndim &&
-      !memcmp(g->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim)) {
-    mm_tensor *o = mm_tensor_empty(x->dtype, x->ndim, x->shape);
-    if (!o) return -1;
-    if (relu_avx2_ok(x) && mm_is_contiguous(g)) {
-      relu_avx2_run(mm_numel(x), mm_data_ptr(g), mm_data_ptr(x), mm_data_ptr(o));
-      gin[0] = o;
-      return 0;
-    }
-    mm_iter it;
-    mm_tensor *ops[3] = {o, g, x};
-    mm_iter_init(&it, 3, ops, x->ndim, x->shape);
-    mm_iter_run(&it, x->dtype == MM_FLOAT32 ? relu_bw_f32 : relu_bw_f64, NULL);
-    gin[0] = o;
-    return 0;
-  }
-  mm_tensor *d = mm_tensor_empty(x->dtype, x->ndim, x->shape);
+      !memcmp(g->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim))
+    return (gin[0] = mm_raw_relu_backward(g, x)) ? 0 : -1;
+  mm_tensor *d = mm_raw_unary_derivative(op, x, y);
   if (!d) return -1;
-  mm_iter it;
-  mm_tensor *ops[3] = {d, x, y};
-  mm_iter_init(&it, 3, ops, x->ndim, x->shape);
-  mm_iter_run(&it, x->dtype == MM_FLOAT32 ? unary_bw_f32 : unary_bw_f64, &op);
   gin[0] = mm_binary(MM_OP_MUL, g, d);
   mm_tensor_release(d);
   return gin[0] ? 0 : -1;
@@ -576,105 +168,49 @@ mm_tensor *mm_unary(mm_unary_op op, mm_tensor *a) {
   bool int_ok = op == MM_OP_NEG || op == MM_OP_ABS || op == MM_OP_RELU || op == MM_OP_SIGN;
   if (a->dtype == MM_INT64 && !int_ok) {
     mm_set_error("%s: expected a float32 or float64 tensor, got int64 (convert with :float())",
-                 unary_names[op]);
+                 mm_unary_name(op));
     return NULL;
   }
-  mm_tensor *out = mm_tensor_empty(a->dtype, a->ndim, a->shape);
-  if (!out) return NULL;
-  if (op == MM_OP_RELU && relu_avx2_ok(a)) {
-    relu_avx2_run(mm_numel(a), NULL, mm_data_ptr(a), mm_data_ptr(out));
-  } else {
-    mm_iter it;
-    mm_tensor *ops[2] = {out, a};
-    mm_iter_init(&it, 2, ops, a->ndim, a->shape);
-    mm_iter_run(&it, a->dtype == MM_FLOAT32 ? unary_fw_f32 : a->dtype == MM_FLOAT64 ? unary_fw_f64
-                     : unary_fw_i64, &op);
-  }
-  if (mm_needs_grad(1, &a) && op != MM_OP_SIGN) {
-    mm_node *node = mm_node_new(unary_node_names[op], unary_backward, 1, &a);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    node->iargs[0] = op;
-    mm_node_save(node, a);
-    mm_node_save(node, out);
-    mm_node_attach(node, out);
-  }
-  return out;
+  mm_tensor *out = mm_raw_unary(op, a);
+  if (op == MM_OP_SIGN) return out;
+  mm_op_def def = {mm_unary_name(op), unary_node_names[op], unary_backward};
+  mm_tensor *saved[2] = {a, out};
+  unary_args args = {op};
+  return mm_record(out, &def, 1, &a, 2, saved, &args, sizeof args);
 }
 
-/* ---- fill, copy, cast ------------------------------------------------------ */
+/* ---- in-place writes, copies and casts ------------------------------------ */
 
-typedef struct { double v; mm_dtype dt; } fill_ctx;
-
-static void fill_kernel(int64_t n, char **p, const int64_t *s, const void *vctx) {
-  const fill_ctx *c = vctx;
-  if (c->dt == MM_FLOAT32) {
-    float f = (float)c->v;
-    for (int64_t i = 0; i < n; i++) *(float *)(p[0] + i * s[0]) = f;
-  } else if (c->dt == MM_FLOAT64) {
-    for (int64_t i = 0; i < n; i++) *(double *)(p[0] + i * s[0]) = c->v;
-  } else {
-    int64_t k = (int64_t)c->v;
-    for (int64_t i = 0; i < n; i++) *(int64_t *)(p[0] + i * s[0]) = k;
+int mm_check_inplace(const mm_tensor *t, const char *op) {
+  if (mm_grad_enabled() && t->requires_grad && !t->grad_fn) {
+    mm_set_error("%s: a leaf tensor that requires grad cannot be modified in place "
+                 "(turn grad mode off first, e.g. wrap it in mm.no_grad, or use :detach())", op);
+    return -1;
   }
+  return 0;
 }
 
 int mm_fill_(mm_tensor *t, double v) {
+  if (mm_check_inplace(t, "fill_") < 0) return -1;
   if (t->dtype == MM_INT64 && v != floor(v)) {
     mm_set_error("fill_: an int64 tensor cannot hold %g", v);
     return -1;
   }
-  fill_ctx ctx = {v, t->dtype};
-  mm_iter it;
-  mm_iter_init(&it, 1, &t, t->ndim, t->shape);
-  mm_iter_run(&it, fill_kernel, &ctx);
+  mm_raw_fill(t, v);
   mm_bump_version(t);
   return 0;
 }
 
-#define COPY_KERNEL(NAME, TD, TS)                                                    \
-  static void NAME(int64_t n, char **p, const int64_t *s, const void *ctx) {         \
-    (void)ctx;                                                                       \
-    if (s[0] == sizeof(TD) && s[1] == sizeof(TS))                                    \
-      for (int64_t i = 0; i < n; i++) ((TD *)p[0])[i] = (TD)((const TS *)p[1])[i];  \
-    else                                                                             \
-      for (int64_t i = 0; i < n; i++)                                                \
-        *(TD *)(p[0] + i * s[0]) = (TD) * (const TS *)(p[1] + i * s[1]);            \
-  }
-COPY_KERNEL(copy_f32_f32, float, float)
-COPY_KERNEL(copy_f32_f64, float, double)
-COPY_KERNEL(copy_f32_i64, float, int64_t)
-COPY_KERNEL(copy_f64_f32, double, float)
-COPY_KERNEL(copy_f64_f64, double, double)
-COPY_KERNEL(copy_f64_i64, double, int64_t)
-COPY_KERNEL(copy_i64_f32, int64_t, float)
-COPY_KERNEL(copy_i64_f64, int64_t, double)
-COPY_KERNEL(copy_i64_i64, int64_t, int64_t)
-static const mm_loop_fn copy_table[3][3] = {
-  {copy_f32_f32, copy_f32_f64, copy_f32_i64},
-  {copy_f64_f32, copy_f64_f64, copy_f64_i64},
-  {copy_i64_f32, copy_i64_f64, copy_i64_i64}};
-
-/* Raw copy with broadcasting and casting; no checks beyond shapes. */
-static int copy_into(mm_tensor *dst, mm_tensor *src, const char *where) {
-  int nd;
-  int64_t shape[MM_MAX_DIMS];
-  char b1[160], b2[160];
-  if (mm_broadcast_shapes(dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape) < 0 ||
-      nd != dst->ndim || memcmp(shape, dst->shape, sizeof(int64_t) * (size_t)nd)) {
-    mm_set_error("%s: source shape %s cannot be copied into shape %s", where,
-                 mm_shape_str(src->ndim, src->shape, b1, sizeof b1),
-                 mm_shape_str(dst->ndim, dst->shape, b2, sizeof b2));
-    return -1;
-  }
-  mm_iter it;
-  mm_tensor *ops[2] = {dst, src};
-  mm_iter_init(&it, 2, ops, dst->ndim, dst->shape);
-  mm_iter_run(&it, copy_table[dst->dtype][src->dtype], NULL);
-  return 0;
+int mm_binary_inplace(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
+  char name[32];
+  snprintf(name, sizeof name, "%s_", mm_binary_name(op));
+  if (mm_check_inplace(a, name) < 0) return -1;
+  return mm_raw_binary_(op, a, b);
 }
 
 int mm_copy_(mm_tensor *dst, mm_tensor *src) {
-  if (copy_into(dst, src, "copy_") < 0) return -1;
+  if (mm_check_inplace(dst, "copy_") < 0) return -1;
+  if (mm_raw_copy_into(dst, src, "copy_") < 0) return -1;
   mm_bump_version(dst);
   return 0;
 }
@@ -686,71 +222,25 @@ static int identity_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   return 0;
 }
 
-/* A contiguous copy of a into a new tensor of dtype dt, recorded. */
-static mm_tensor *copy_recorded(mm_tensor *a, mm_dtype dt, const char *name) {
-  mm_tensor *out = mm_tensor_empty(dt, a->ndim, a->shape);
-  if (!out) return NULL;
-  copy_into(out, a, name);
-  if (mm_needs_grad(1, &a) && mm_dtype_is_float(dt)) {
-    mm_node *node = mm_node_new(name, identity_backward, 1, &a);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    mm_node_attach(node, out);
-  }
-  return out;
-}
+static const mm_op_def TO_COPY = {"to", "ToCopyBackward", identity_backward};
+static const mm_op_def CLONE = {"clone", "CloneBackward", identity_backward};
+static const mm_op_def CONTIGUOUS = {"contiguous", "ContiguousBackward", identity_backward};
 
 mm_tensor *mm_to_dtype(mm_tensor *t, mm_dtype dt) {
   if (t->dtype == dt) { mm_tensor_retain(t); return t; }
-  return copy_recorded(t, dt, "ToCopyBackward");
+  mm_tensor *out = mm_raw_cast(t, dt);
+  /* a cast to int64 is not differentiable: the result is a plain tensor */
+  return mm_dtype_is_float(dt) ? mm_record(out, &TO_COPY, 1, &t, 0, NULL, NULL, 0) : out;
 }
 
-mm_tensor *mm_clone(mm_tensor *t) { return copy_recorded(t, t->dtype, "CloneBackward"); }
+mm_tensor *mm_clone(mm_tensor *t) {
+  return mm_record(mm_raw_clone(t), &CLONE, 1, &t, 0, NULL, NULL, 0);
+}
 
 mm_tensor *mm_contiguous(mm_tensor *t) {
   if (mm_is_contiguous(t)) { mm_tensor_retain(t); return t; }
-  return copy_recorded(t, t->dtype, "ContiguousBackward");
+  return mm_record(mm_raw_clone(t), &CONTIGUOUS, 1, &t, 0, NULL, NULL, 0);
 }
-
-/* ---- sum_to: broadcasting's inverse -------------------------------------- */
-
-mm_tensor *mm_sum_to(mm_tensor *g, int ndim, const int64_t *shape) {
-  if (g->ndim == ndim && !memcmp(g->shape, shape, sizeof(int64_t) * (size_t)ndim)) {
-    mm_tensor_retain(g);
-    return g;
-  }
-  mm_tensor *out = mm_tensor_zeros(g->dtype, ndim, shape);
-  if (!out) return NULL;
-  /* View the result expanded to g's shape (stride 0 where broadcast) and
-   * accumulate g into it: each output element sums its broadcast copies. */
-  int64_t st[MM_MAX_DIMS];
-  int lead = g->ndim - ndim;
-  for (int d = 0; d < g->ndim; d++) {
-    int od = d - lead;
-    st[d] = (od < 0 || shape[od] == 1) ? 0 : out->stride[od];
-  }
-  mm_tensor *exp_view = mm_tensor_view_of(out, g->ndim, g->shape, st, 0);
-  if (!exp_view) { mm_tensor_release(out); return NULL; }
-  mm_iter it;
-  mm_tensor *ops[3] = {exp_view, exp_view, g};
-  mm_iter_init(&it, 3, ops, g->ndim, g->shape);
-  mm_iter_run(&it, binary_table(g->dtype)[MM_OP_ADD], NULL);
-  mm_tensor_release(exp_view);
-  return out;
-}
-
-/* ---- where / masked_fill --------------------------------------------------- */
-
-#define WHERE_KERNEL(NAME, T)                                                        \
-  static void NAME(int64_t n, char **p, const int64_t *s, const void *ctx) {         \
-    (void)ctx;                                                                       \
-    for (int64_t i = 0; i < n; i++)                                                  \
-      *(T *)(p[0] + i * s[0]) = *(const T *)(p[1] + i * s[1]) != 0                   \
-                                    ? *(const T *)(p[2] + i * s[2])                  \
-                                    : *(const T *)(p[3] + i * s[3]);                 \
-  }
-WHERE_KERNEL(where_f32, float)
-WHERE_KERNEL(where_f64, double)
-WHERE_KERNEL(where_i64, int64_t)
 
 static int where_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   mm_tensor *c = n->saved[0];
@@ -762,36 +252,21 @@ static int where_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   return (n->edges[1].needs_grad && !gin[1]) || (n->edges[2].needs_grad && !gin[2]) ? -1 : 0;
 }
 
+static const mm_op_def WHERE = {"where", "WhereBackward", where_backward};
+
 mm_tensor *mm_where(mm_tensor *cond, mm_tensor *a, mm_tensor *b) {
   mm_tensor *zero = NULL;
   if (!b && !(b = zero = mm_tensor_scalar(a->dtype, 0))) return NULL;
-  int nd, nd2;
-  int64_t sh[MM_MAX_DIMS], sh2[MM_MAX_DIMS];
-  mm_tensor *out = NULL, *cc = NULL, *ca = NULL, *cb = NULL;
-  if (mm_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, &nd, sh) < 0 ||
-      mm_broadcast_shapes(cond->ndim, cond->shape, nd, sh, &nd2, sh2) < 0) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "where: %s", mm_error());
-    mm_set_error("%s", msg);
-    goto out;
+  mm_tensor *out = mm_raw_where(cond, a, b);
+  mm_tensor *cc = NULL;
+  mm_tensor *in[3] = {NULL, a, b};   /* the condition gets no gradient */
+  if (out && mm_dtype_is_float(out->dtype) && mm_needs_grad(3, in)) {
+    cc = mm_raw_cast(cond, out->dtype);   /* saved in the output's dtype */
+    if (cc) out = mm_record(out, &WHERE, 3, in, 1, &cc, NULL, 0);
+    else { mm_tensor_release(out); out = NULL; }
   }
-  mm_dtype dt = mm_promote(a->dtype, b->dtype);
-  if (!(cc = as_dtype(cond, dt)) || !(ca = as_dtype(a, dt)) || !(cb = as_dtype(b, dt))) goto out;
-  if (!(out = mm_tensor_empty(dt, nd2, sh2))) goto out;
-  mm_iter it;
-  mm_tensor *ops[4] = {out, cc, ca, cb};
-  mm_iter_init(&it, 4, ops, nd2, sh2);
-  mm_iter_run(&it, dt == MM_FLOAT32 ? where_f32 : dt == MM_FLOAT64 ? where_f64 : where_i64, NULL);
-  mm_tensor *in[3] = {cond, a, b};
-  if (mm_dtype_is_float(dt) && mm_needs_grad(3, in)) {
-    in[0] = NULL; /* the condition gets no gradient */
-    mm_node *node = mm_node_new("WhereBackward", where_backward, 3, in);
-    if (!node) { mm_tensor_release(out); out = NULL; goto out; }
-    mm_node_save(node, cc);
-    mm_node_attach(node, out);
-  }
-out:
-  mm_tensor_release(cc), mm_tensor_release(ca), mm_tensor_release(cb), mm_tensor_release(zero);
+  mm_tensor_release(cc);
+  mm_tensor_release(zero);
   return out;
 }
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "autograd.h"
+#include "microml.h"
 
 #define ELIDE_ABOVE 1000 /* tensors with more elements show only their edges */
 #define EDGE 3           /* items kept at each end of an elided dimension */
@@ -130,7 +130,7 @@ char *mm_tensor_format(const mm_tensor *t) {
   for (int i = 0; i < t->ndim; i++) put(&b, i ? ", %lld" : "%lld", (long long)t->shape[i]);
   put(&b, "]");
   (void)sh;
-  if (t->grad_fn) put(&b, ", grad_fn=<%s>", t->grad_fn->name);
+  if (t->grad_fn) put(&b, ", grad_fn=<%s>", mm_grad_fn_name(t));
   else if (t->requires_grad) put(&b, ", requires_grad=true");
   put(&b, ")");
   if (b.oom) {

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "internal.h"
 #include "parallel.h"
 
 /* ---- checks ---------------------------------------------------------------------- */
@@ -50,19 +51,14 @@ static int check_range(const char *op, const int64_t *ix, int64_t n, int64_t siz
   return 0;
 }
 
-/* mm_contiguous without recording: internal copies must not add nodes. */
-static mm_tensor *plain_contiguous(mm_tensor *t) {
-  bool mode = mm_grad_enabled();
-  mm_set_grad_enabled(false);
-  mm_tensor *c = mm_contiguous(t);
-  mm_set_grad_enabled(mode);
-  return c;
-}
+/* Every index op's node: the dim indexed (-1 where there is none) and the
+ * value that names the first element. */
+typedef struct { int dim; int64_t base; } index_args;
 
 /* The index tensor as a contiguous array, checked; NULL on error. */
 static mm_tensor *checked_indices(mm_tensor *idx, int64_t size, int64_t base, const char *op,
                                   const char *what) {
-  mm_tensor *c = plain_contiguous(idx);
+  mm_tensor *c = mm_raw_contiguous(idx);
   if (c && check_range(op, mm_data_ptr(c), mm_numel(c), size, base, what) < 0) {
     mm_tensor_release(c);
     return NULL;
@@ -146,7 +142,7 @@ static void index_add_rows(rows_ctx *c, int64_t outer) {
  * (outer, size, inner) shape at the saved indices. */
 static mm_tensor *rows_backward(mm_tensor *g, const mm_edge *e, int dim, mm_tensor *idx,
                                 int64_t base) {
-  mm_tensor *gc = plain_contiguous(g), *ic = plain_contiguous(idx);
+  mm_tensor *gc = mm_raw_contiguous(g), *ic = mm_raw_contiguous(idx);
   mm_tensor *gx = gc && ic ? mm_tensor_zeros(g->dtype, e->ndim, e->shape) : NULL;
   if (gx) {
     rows_ctx c = {mm_data_ptr(gx), mm_data_ptr(gc), e->shape[dim], prod(e->shape, dim + 1, e->ndim),
@@ -161,7 +157,8 @@ static mm_tensor *rows_backward(mm_tensor *g, const mm_edge *e, int dim, mm_tens
 /* ---- index_select ------------------------------------------------------------------ */
 
 static int index_select_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  gin[0] = rows_backward(g, &n->edges[0], (int)n->iargs[0], n->saved[0], n->iargs[1]);
+  const index_args *a = mm_node_args(n);
+  gin[0] = rows_backward(g, &n->edges[0], a->dim, n->saved[0], a->base);
   return gin[0] ? 0 : -1;
 }
 
@@ -181,7 +178,7 @@ mm_tensor *mm_index_select(mm_tensor *x, int dim, mm_tensor *idx, int64_t base) 
   }
   snprintf(what, sizeof what, "dimension %d of size %lld", dim + 1, (long long)x->shape[dim]);
   mm_tensor *ic = checked_indices(idx, x->shape[dim], base, "index_select", what);
-  mm_tensor *xc = ic ? plain_contiguous(x) : NULL;
+  mm_tensor *xc = ic ? mm_raw_contiguous(x) : NULL;
   int64_t shape[MM_MAX_DIMS];
   memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
   shape[dim] = mm_numel(idx);
@@ -193,15 +190,10 @@ mm_tensor *mm_index_select(mm_tensor *x, int dim, mm_tensor *idx, int64_t base) 
   }
   mm_tensor_release(ic);
   mm_tensor_release(xc);
-  if (out && mm_needs_grad(1, &x)) {
-    mm_node *node = mm_node_new("IndexSelectBackward", index_select_backward, 1, &x);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    node->iargs[0] = dim;
-    node->iargs[1] = base;
-    mm_node_save(node, idx);
-    mm_node_attach(node, out);
-  }
-  return out;
+  static const mm_op_def INDEX_SELECT = {"index_select", "IndexSelectBackward",
+                                         index_select_backward};
+  index_args a = {dim, base};
+  return mm_record(out, &INDEX_SELECT, 1, &x, 1, &idx, &a, sizeof a);
 }
 
 /* ---- index_select in the background -------------------------------------------
@@ -341,7 +333,7 @@ void mm_index_select_finish(mm_bg_gather *g, mm_tensor **out) {
 /* ---- embedding ---------------------------------------------------------------------- */
 
 static int embedding_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  gin[0] = rows_backward(g, &n->edges[0], 0, n->saved[0], n->iargs[0]);
+  gin[0] = rows_backward(g, &n->edges[0], 0, n->saved[0], ((const index_args *)mm_node_args(n))->base);
   return gin[0] ? 0 : -1;
 }
 
@@ -362,7 +354,7 @@ mm_tensor *mm_embedding(mm_tensor *weight, mm_tensor *idx, int64_t base) {
   snprintf(what, sizeof what, "a weight of %lld rows (shape %s)", (long long)V,
            mm_shape_str(2, weight->shape, b, sizeof b));
   mm_tensor *ic = checked_indices(idx, V, base, "embedding", what);
-  mm_tensor *wc = ic ? plain_contiguous(weight) : NULL;
+  mm_tensor *wc = ic ? mm_raw_contiguous(weight) : NULL;
   int64_t shape[MM_MAX_DIMS];
   memcpy(shape, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
   shape[idx->ndim] = D;
@@ -374,14 +366,9 @@ mm_tensor *mm_embedding(mm_tensor *weight, mm_tensor *idx, int64_t base) {
   }
   mm_tensor_release(ic);
   mm_tensor_release(wc);
-  if (out && mm_needs_grad(1, &weight)) {
-    mm_node *node = mm_node_new("EmbeddingBackward", embedding_backward, 1, &weight);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    node->iargs[0] = base;
-    mm_node_save(node, idx);
-    mm_node_attach(node, out);
-  }
-  return out;
+  static const mm_op_def EMBEDDING = {"embedding", "EmbeddingBackward", embedding_backward};
+  index_args a = {0, base};
+  return mm_record(out, &EMBEDDING, 1, &weight, 1, &idx, &a, sizeof a);
 }
 
 /* ---- element walks along one dim: gather / scatter_add -------------------------------- */
@@ -456,10 +443,11 @@ static int check_along_dim(const char *op, const mm_tensor *x, int *dim, const m
 /* The gradient of gather: g added into zeros of x's shape at the indices. */
 static int gather_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   const mm_edge *e = &n->edges[0];
-  mm_tensor *idx = n->saved[0], *ic = plain_contiguous(idx);
+  mm_tensor *idx = n->saved[0], *ic = mm_raw_contiguous(idx);
   mm_tensor *gx = ic ? mm_tensor_zeros(g->dtype, e->ndim, e->shape) : NULL;
   if (gx) {
-    walk w = {idx->ndim, (int)n->iargs[0], idx->shape, mm_data_ptr(ic), n->iargs[1],
+    const index_args *a = mm_node_args(n);
+    walk w = {idx->ndim, a->dim, idx->shape, mm_data_ptr(ic), a->base,
               mm_data_ptr(g), g->stride, mm_data_ptr(gx), gx->stride};
     walk_scatter_add(&w, g->dtype);
   }
@@ -480,15 +468,9 @@ mm_tensor *mm_gather(mm_tensor *x, int dim, mm_tensor *idx, int64_t base) {
     walk_gather(&w, mm_dtype_size(x->dtype));
   }
   mm_tensor_release(ic);
-  if (out && mm_needs_grad(1, &x)) {
-    mm_node *node = mm_node_new("GatherBackward", gather_backward, 1, &x);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    node->iargs[0] = dim;
-    node->iargs[1] = base;
-    mm_node_save(node, idx);
-    mm_node_attach(node, out);
-  }
-  return out;
+  static const mm_op_def GATHER = {"gather", "GatherBackward", gather_backward};
+  index_args a = {dim, base};
+  return mm_record(out, &GATHER, 1, &x, 1, &idx, &a, sizeof a);
 }
 
 /* self's gradient passes through; src's is g gathered at the indices, in
@@ -500,10 +482,11 @@ static int scatter_add_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   }
   if (n->edges[1].needs_grad) {
     const mm_edge *e = &n->edges[1];
-    mm_tensor *idx = n->saved[0], *ic = plain_contiguous(idx);
+    mm_tensor *idx = n->saved[0], *ic = mm_raw_contiguous(idx);
     mm_tensor *gs = ic ? mm_tensor_zeros(g->dtype, e->ndim, e->shape) : NULL;
     if (gs) {
-      walk w = {idx->ndim, (int)n->iargs[0], idx->shape, mm_data_ptr(ic), n->iargs[1],
+      const index_args *a = mm_node_args(n);
+      walk w = {idx->ndim, a->dim, idx->shape, mm_data_ptr(ic), a->base,
                 mm_data_ptr(gs), gs->stride, mm_data_ptr(g), g->stride};
       walk_gather(&w, mm_dtype_size(g->dtype));
     }
@@ -534,23 +517,17 @@ mm_tensor *mm_scatter_add(mm_tensor *self, int dim, mm_tensor *idx, mm_tensor *s
   snprintf(what, sizeof what, "dimension %d of size %lld", dim + 1, (long long)self->shape[dim]);
   mm_tensor *ic = checked_indices(idx, self->shape[dim], base, "scatter_add", what);
   mm_tensor *out = ic ? mm_tensor_empty(self->dtype, self->ndim, self->shape) : NULL;
-  if (out && mm_copy_(out, self) < 0) { mm_tensor_release(out); out = NULL; }
+  if (out && mm_raw_copy_into(out, self, "scatter_add") < 0) { mm_tensor_release(out); out = NULL; }
   if (out) {
     walk w = {idx->ndim, dim, idx->shape, mm_data_ptr(ic), base, mm_data_ptr(src), src->stride,
               mm_data_ptr(out), out->stride};
     walk_scatter_add(&w, self->dtype);
   }
   mm_tensor_release(ic);
+  static const mm_op_def SCATTER_ADD = {"scatter_add", "ScatterAddBackward", scatter_add_backward};
   mm_tensor *in[2] = {self, src};
-  if (out && mm_needs_grad(2, in)) {
-    mm_node *node = mm_node_new("ScatterAddBackward", scatter_add_backward, 2, in);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    node->iargs[0] = dim;
-    node->iargs[1] = base;
-    mm_node_save(node, idx);
-    mm_node_attach(node, out);
-  }
-  return out;
+  index_args a = {dim, base};
+  return mm_record(out, &SCATTER_ADD, 2, in, 1, &idx, &a, sizeof a);
 }
 
 /* ---- one_hot ---------------------------------------------------------------------------- */
@@ -563,7 +540,7 @@ mm_tensor *mm_one_hot(mm_tensor *idx, int64_t num_classes, int64_t base) {
                  idx->ndim);
     return NULL;
   }
-  mm_tensor *ic = plain_contiguous(idx);
+  mm_tensor *ic = mm_raw_contiguous(idx);
   if (!ic) return NULL;
   const int64_t *ix = mm_data_ptr(ic);
   int64_t n = mm_numel(ic);

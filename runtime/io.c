@@ -20,7 +20,7 @@
 #include <zlib.h>
 
 #include "autograd.h"
-#include "io.h"
+#include "io_internal.h"
 
 /* ---- whole files ------------------------------------------------------------ */
 
@@ -220,12 +220,12 @@ void mm_io_writer_abort(mm_io_writer *w) {
 
 /* ---- raw element conversion ------------------------------------------------------ */
 
-size_t mm_raw_size(mm_raw_type rt) {
+size_t mm_io_type_size(mm_io_type rt) {
   switch (rt) {
-  case MM_RAW_U8: case MM_RAW_I8: case MM_RAW_BOOL: return 1;
-  case MM_RAW_I16: case MM_RAW_F16: case MM_RAW_BF16: return 2;
-  case MM_RAW_I32: case MM_RAW_F32: return 4;
-  case MM_RAW_I64: case MM_RAW_F64: return 8;
+  case MM_IO_U8: case MM_IO_I8: case MM_IO_BOOL: return 1;
+  case MM_IO_I16: case MM_IO_F16: case MM_IO_BF16: return 2;
+  case MM_IO_I32: case MM_IO_F32: return 4;
+  case MM_IO_I64: case MM_IO_F64: return 8;
   }
   return 1;
 }
@@ -254,30 +254,30 @@ static double bits_to_double(uint64_t u) { double d; memcpy(&d, &u, 8); return d
 
 /* Element i of the source, as a double (exact for every integer type here
  * except int64 beyond 2^53, which the int64 destination path avoids). */
-static inline double raw_get(const unsigned char *p, mm_raw_type rt, bool big) {
+static inline double raw_get(const unsigned char *p, mm_io_type rt, bool big) {
   switch (rt) {
-  case MM_RAW_U8: return p[0];
-  case MM_RAW_BOOL: return p[0] != 0;
-  case MM_RAW_I8: return (int8_t)p[0];
-  case MM_RAW_I16: return (int16_t)load_uint(p, 2, big);
-  case MM_RAW_I32: return (int32_t)load_uint(p, 4, big);
-  case MM_RAW_I64: return (double)(int64_t)load_uint(p, 8, big);
-  case MM_RAW_F16: return half_to_float((uint16_t)load_uint(p, 2, big));
-  case MM_RAW_BF16: return bits_to_float((uint32_t)load_uint(p, 2, big) << 16);
-  case MM_RAW_F32: return bits_to_float((uint32_t)load_uint(p, 4, big));
-  case MM_RAW_F64: return bits_to_double(load_uint(p, 8, big));
+  case MM_IO_U8: return p[0];
+  case MM_IO_BOOL: return p[0] != 0;
+  case MM_IO_I8: return (int8_t)p[0];
+  case MM_IO_I16: return (int16_t)load_uint(p, 2, big);
+  case MM_IO_I32: return (int32_t)load_uint(p, 4, big);
+  case MM_IO_I64: return (double)(int64_t)load_uint(p, 8, big);
+  case MM_IO_F16: return half_to_float((uint16_t)load_uint(p, 2, big));
+  case MM_IO_BF16: return bits_to_float((uint32_t)load_uint(p, 2, big) << 16);
+  case MM_IO_F32: return bits_to_float((uint32_t)load_uint(p, 4, big));
+  case MM_IO_F64: return bits_to_double(load_uint(p, 8, big));
   }
   return 0;
 }
 
-void mm_raw_convert(mm_tensor *t, const unsigned char *src, int64_t n, mm_raw_type rt,
+void mm_io_convert(mm_tensor *t, const unsigned char *src, int64_t n, mm_io_type rt,
                     bool big_endian) {
-  size_t k = mm_raw_size(rt);
+  size_t k = mm_io_type_size(rt);
   void *dst = mm_data_ptr(t);
   bool native = big_endian != host_is_little_endian();
-  if (native && ((rt == MM_RAW_F32 && t->dtype == MM_FLOAT32) ||
-                 (rt == MM_RAW_F64 && t->dtype == MM_FLOAT64) ||
-                 (rt == MM_RAW_I64 && t->dtype == MM_INT64))) {
+  if (native && ((rt == MM_IO_F32 && t->dtype == MM_FLOAT32) ||
+                 (rt == MM_IO_F64 && t->dtype == MM_FLOAT64) ||
+                 (rt == MM_IO_I64 && t->dtype == MM_INT64))) {
     memcpy(dst, src, (size_t)n * k);
     return;
   }
@@ -294,7 +294,7 @@ void mm_raw_convert(mm_tensor *t, const unsigned char *src, int64_t n, mm_raw_ty
   }
   case MM_INT64: {
     int64_t *d = dst;
-    if (rt == MM_RAW_I64)   /* through double would round above 2^53 */
+    if (rt == MM_IO_I64)   /* through double would round above 2^53 */
       for (int64_t i = 0; i < n; i++) d[i] = (int64_t)load_uint(src + (size_t)i * 8, 8, big_endian);
     else
       for (int64_t i = 0; i < n; i++) d[i] = (int64_t)raw_get(src + (size_t)i * k, rt, big_endian);
@@ -400,9 +400,9 @@ fail:
 
 /* ---- IDX ----------------------------------------------------------------------------- */
 
-static const struct { unsigned char code; const char *name; mm_raw_type rt; } idx_types[] = {
-  {0x08, "ubyte", MM_RAW_U8}, {0x09, "sbyte", MM_RAW_I8}, {0x0B, "short", MM_RAW_I16},
-  {0x0C, "int", MM_RAW_I32}, {0x0D, "float", MM_RAW_F32}, {0x0E, "double", MM_RAW_F64},
+static const struct { unsigned char code; const char *name; mm_io_type rt; } idx_types[] = {
+  {0x08, "ubyte", MM_IO_U8}, {0x09, "sbyte", MM_IO_I8}, {0x0B, "short", MM_IO_I16},
+  {0x0C, "int", MM_IO_I32}, {0x0D, "float", MM_IO_F32}, {0x0E, "double", MM_IO_F64},
 };
 
 /* Largest element count a tensor may have (mm_check_shape's limit). */
@@ -429,7 +429,7 @@ static size_t idx_header(const unsigned char *p, size_t len, mm_dtype dt, const 
                  "0x09 sbyte, 0x0B short, 0x0C int, 0x0D float or 0x0E double)", name, p[2]);
     return 0;
   }
-  if (dt == MM_INT64 && (idx_types[t].rt == MM_RAW_F32 || idx_types[t].rt == MM_RAW_F64)) {
+  if (dt == MM_INT64 && (idx_types[t].rt == MM_IO_F32 || idx_types[t].rt == MM_IO_F64)) {
     mm_set_error("read_idx: '%s': the file holds %s data (type 0x%02X), which cannot be read as "
                  "int64 (use dtype float32 or float64)", name, idx_types[t].name, p[2]);
     return 0;
@@ -460,7 +460,7 @@ static size_t idx_header(const unsigned char *p, size_t len, mm_dtype dt, const 
   }
   *ndim = nd;
   *ti = t;
-  *data_bytes = (size_t)numel * mm_raw_size(idx_types[t].rt);
+  *data_bytes = (size_t)numel * mm_io_type_size(idx_types[t].rt);
   return hdr;
 }
 
@@ -520,7 +520,7 @@ mm_tensor *mm_idx_parse(const void *buf, size_t len, mm_dtype dt, const char *na
      * could produce from this input (at most 1032:1), so a lying header
      * reserves no more than the input could justify, and the pages are
      * only touched as data actually comes out. */
-    size_t rk = mm_raw_size(idx_types[ti].rt), es = mm_dtype_size(dt);
+    size_t rk = mm_io_type_size(idx_types[ti].rt), es = mm_dtype_size(dt);
     size_t numel = rk ? data_bytes / rk : 0;
     if (rk < es && data_bytes / 1032 <= len && numel * (es - rk) >= hdr) {
       mm_tensor *t = mm_tensor_empty(dt, nd, shape);
@@ -534,7 +534,7 @@ mm_tensor *mm_idx_parse(const void *buf, size_t len, mm_dtype dt, const char *na
         mm_tensor_release(t);
         return NULL;
       }
-      mm_raw_convert(t, tail + hdr, mm_numel(t), idx_types[ti].rt, true);
+      mm_io_convert(t, tail + hdr, mm_numel(t), idx_types[ti].rt, true);
       return t;
     }
     if (gunzip(p, len, hdr + data_bytes, true, NULL, &z, &zn, &more, "read_idx", name) < 0)
@@ -553,7 +553,7 @@ mm_tensor *mm_idx_parse(const void *buf, size_t len, mm_dtype dt, const char *na
     }
   }
   mm_tensor *t = mm_tensor_empty(dt, nd, shape);
-  if (t) mm_raw_convert(t, p + hdr, mm_numel(t), idx_types[ti].rt, true);
+  if (t) mm_io_convert(t, p + hdr, mm_numel(t), idx_types[ti].rt, true);
   free(z);
   return t;
 }

@@ -18,7 +18,7 @@
 #ifndef MICROML_IO_H
 #define MICROML_IO_H
 
-#include "microml.h"
+#include "tensor.h"
 
 /* ---- IDX -----------------------------------------------------------------
  * Magic 0x00 0x00 <type> <ndim>, ndim big-endian uint32 sizes, then the
@@ -88,44 +88,5 @@ int mm_safetensors_load(const char *path, mm_checkpoint *out);
 /* Names must be distinct, valid UTF-8, without NUL, and not "__metadata__". */
 int mm_safetensors_save(const char *path, const mm_checkpoint *ck);
 void mm_checkpoint_free(mm_checkpoint *ck);   /* safe on a zeroed checkpoint */
-
-/* ---- helpers the io_*.c files share ------------------------------------------ */
-
-/* A whole file in memory: mapped when it is a regular file, read otherwise. */
-typedef struct mm_io_file {
-  const unsigned char *data;
-  size_t len;
-  void *map;       /* munmap target, or NULL */
-  void *heap;      /* free() target, or NULL */
-} mm_io_file;
-int mm_io_open_file(const char *path, mm_io_file *f, const char *where);
-void mm_io_close_file(mm_io_file *f);
-
-/* Crash-safe replacement of a file: write to a temporary sibling, then
- * commit (fflush + fsync + rename + fsync of the directory) or abort. */
-typedef struct mm_io_writer {
-  void *fp;            /* FILE * */
-  char *tmp_path;
-  char *path;
-  const char *where;
-} mm_io_writer;
-int mm_io_writer_open(mm_io_writer *w, const char *path, const char *where);
-int mm_io_write(mm_io_writer *w, const void *p, size_t n);
-/* The tensor's elements in row-major order, little-endian. */
-int mm_io_write_tensor_le(mm_io_writer *w, mm_tensor *t);
-int mm_io_writer_commit(mm_io_writer *w);
-void mm_io_writer_abort(mm_io_writer *w);
-
-/* Little-endian element copy from raw bytes into a new contiguous tensor's
- * data, converting each element from the file's type. */
-typedef enum {
-  MM_RAW_U8, MM_RAW_I8, MM_RAW_I16, MM_RAW_I32, MM_RAW_I64,
-  MM_RAW_F16, MM_RAW_BF16, MM_RAW_F32, MM_RAW_F64, MM_RAW_BOOL
-} mm_raw_type;
-size_t mm_raw_size(mm_raw_type rt);
-/* n elements from src (byte order: big_endian or little) into t (contiguous,
- * n elements, any dtype). */
-void mm_raw_convert(mm_tensor *t, const unsigned char *src, int64_t n, mm_raw_type rt,
-                    bool big_endian);
 
 #endif

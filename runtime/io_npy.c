@@ -14,7 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "io.h"
+#include "io_internal.h"
 
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_MAX_NUMEL ((int64_t)1 << 50)
@@ -126,18 +126,18 @@ static int scan_shape(scanner *sc, int *ndim, int64_t *shape) {
 }
 
 /* descr such as '<f4' -> raw type, byte order and tensor dtype. */
-static int parse_descr(const char *d, const char *name, mm_raw_type *rt, bool *big, mm_dtype *dt) {
-  static const struct { const char *code; mm_raw_type rt; mm_dtype dt; } types[] = {
-    {"f2", MM_RAW_F16, MM_FLOAT32}, {"f4", MM_RAW_F32, MM_FLOAT32}, {"f8", MM_RAW_F64, MM_FLOAT64},
-    {"i1", MM_RAW_I8, MM_INT64},    {"i2", MM_RAW_I16, MM_INT64},   {"i4", MM_RAW_I32, MM_INT64},
-    {"i8", MM_RAW_I64, MM_INT64},   {"u1", MM_RAW_U8, MM_FLOAT32},  {"b1", MM_RAW_BOOL, MM_INT64},
+static int parse_descr(const char *d, const char *name, mm_io_type *rt, bool *big, mm_dtype *dt) {
+  static const struct { const char *code; mm_io_type rt; mm_dtype dt; } types[] = {
+    {"f2", MM_IO_F16, MM_FLOAT32}, {"f4", MM_IO_F32, MM_FLOAT32}, {"f8", MM_IO_F64, MM_FLOAT64},
+    {"i1", MM_IO_I8, MM_INT64},    {"i2", MM_IO_I16, MM_INT64},   {"i4", MM_IO_I32, MM_INT64},
+    {"i8", MM_IO_I64, MM_INT64},   {"u1", MM_IO_U8, MM_FLOAT32},  {"b1", MM_IO_BOOL, MM_INT64},
   };
   char order = d[0];
   if (order == '<' || order == '>' || order == '=' || order == '|') d++;
   else order = '=';
   for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
     if (strcmp(d, types[i].code) != 0) continue;
-    if (order == '|' && mm_raw_size(types[i].rt) > 1) break;   /* '|' means "no byte order" */
+    if (order == '|' && mm_io_type_size(types[i].rt) > 1) break;   /* '|' means "no byte order" */
     const uint16_t one = 1;
     bool host_big = *(const unsigned char *)&one == 0;
     *rt = types[i].rt;
@@ -231,7 +231,7 @@ mm_tensor *mm_npy_parse(const void *buf, size_t len, const char *name) {
                  !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
     return NULL;
   }
-  mm_raw_type rt;
+  mm_io_type rt;
   bool big;
   mm_dtype dt;
   if (parse_descr(descr, name, &rt, &big, &dt) < 0) return NULL;
@@ -244,7 +244,7 @@ mm_tensor *mm_npy_parse(const void *buf, size_t len, const char *name) {
   }
   int64_t numel = 1;
   for (int i = 0; i < nd; i++) numel *= shape[i];
-  size_t data = hstart + hlen, need = (size_t)numel * mm_raw_size(rt);
+  size_t data = hstart + hlen, need = (size_t)numel * mm_io_type_size(rt);
   if (len - data != need) {
     char b[200];
     mm_shape_str(nd, shape, b, sizeof b);
@@ -257,7 +257,7 @@ mm_tensor *mm_npy_parse(const void *buf, size_t len, const char *name) {
     return NULL;
   }
   mm_tensor *t = mm_tensor_empty(dt, nd, shape);
-  if (t) mm_raw_convert(t, p + data, numel, rt, big);
+  if (t) mm_io_convert(t, p + data, numel, rt, big);
   return t;
 }
 

@@ -16,17 +16,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "io.h"
+#include "io_internal.h"
 
 #define ST_MAX_HEADER ((size_t)100 << 20)   /* the reference implementation's limit */
 #define JSON_MAX_DEPTH 64
 #define ST_MAX_NUMEL ((int64_t)1 << 50)
 
-static const struct { const char *name; mm_raw_type rt; mm_dtype dt; } st_types[] = {
-  {"F32", MM_RAW_F32, MM_FLOAT32}, {"F64", MM_RAW_F64, MM_FLOAT64}, {"I64", MM_RAW_I64, MM_INT64},
-  {"F16", MM_RAW_F16, MM_FLOAT32}, {"BF16", MM_RAW_BF16, MM_FLOAT32}, {"I32", MM_RAW_I32, MM_INT64},
-  {"I16", MM_RAW_I16, MM_INT64},  {"I8", MM_RAW_I8, MM_INT64},       {"U8", MM_RAW_U8, MM_INT64},
-  {"BOOL", MM_RAW_BOOL, MM_INT64},
+static const struct { const char *name; mm_io_type rt; mm_dtype dt; } st_types[] = {
+  {"F32", MM_IO_F32, MM_FLOAT32}, {"F64", MM_IO_F64, MM_FLOAT64}, {"I64", MM_IO_I64, MM_INT64},
+  {"F16", MM_IO_F16, MM_FLOAT32}, {"BF16", MM_IO_BF16, MM_FLOAT32}, {"I32", MM_IO_I32, MM_INT64},
+  {"I16", MM_IO_I16, MM_INT64},  {"I8", MM_IO_I8, MM_INT64},       {"U8", MM_IO_U8, MM_INT64},
+  {"BOOL", MM_IO_BOOL, MM_INT64},
 };
 #define NTYPES (sizeof st_types / sizeof st_types[0])
 
@@ -516,7 +516,7 @@ static int check_layout(st_header *h, size_t data_len, const char *name) {
                    "%zu bytes", name, e->name, (long long)e->begin, (long long)e->end, data_len);
       return -1;
     }
-    int64_t need = numel * (int64_t)mm_raw_size(st_types[e->type].rt);
+    int64_t need = numel * (int64_t)mm_io_type_size(st_types[e->type].rt);
     if (e->end - e->begin != need) {
       mm_set_error("load: '%s': tensor '%s' of shape %s and dtype %s needs %lld bytes, but its "
                    "data_offsets [%lld, %lld] span %lld", name, e->name, b, st_types[e->type].name,
@@ -604,7 +604,7 @@ int mm_safetensors_parse(const void *buf, size_t len, mm_checkpoint *out, const 
     st_entry *e = &h.e[i];
     mm_tensor *t = mm_tensor_empty(st_types[e->type].dt, e->ndim, e->shape);
     if (!t) goto fail;
-    mm_raw_convert(t, data + e->begin, mm_numel(t), st_types[e->type].rt, false);
+    mm_io_convert(t, data + e->begin, mm_numel(t), st_types[e->type].rt, false);
     out->tensors[i].tensor = t;
     out->tensors[i].name = e->name;
     e->name = NULL;   /* now owned by out */

@@ -119,3 +119,80 @@ void mm_iter_run(const mm_iter *it, mm_loop_fn fn, const void *ctx) {
   }
   mm_parallel_for(rows, run_rows, &rc);
 }
+
+/* ---- rows: a tensor as rows along one dimension ----------------------------------------------------------- */
+
+void mm_rows_init(mm_rows *r, int nops, mm_tensor *const *ops, int dim) {
+  int nd = ops[0]->ndim;
+  int64_t ref[MM_MAX_DIMS] = {0};
+  for (int d = 0; d < nd; d++) {
+    ref[d] = 1;
+    for (int k = 0; k < nops; k++)
+      if (ops[k]->shape[d] != 1) ref[d] = ops[k]->shape[d];
+  }
+  r->nops = nops;
+  for (int k = 0; k < nops; k++) {
+    r->base[k] = (char *)mm_data_ptr(ops[k]);
+    r->esize[k] = mm_dtype_size(ops[k]->dtype);
+    r->rstride[k] = 0;
+  }
+  r->ndim = 0;
+  r->nrows = 1;
+  if (nd == 0) { /* a scalar: one row of one element */
+    r->n = 1;
+    return;
+  }
+  r->n = ref[dim];
+  for (int k = 0; k < nops; k++)
+    r->rstride[k] = ops[k]->shape[dim] == 1 ? 0 : ops[k]->stride[dim];
+  int n = 0;
+  for (int d = 0; d < nd; d++) {
+    if (d == dim || ref[d] == 1) continue;
+    int64_t st[MM_ROWS_MAX_OPS];
+    bool merge = n > 0;
+    for (int k = 0; k < nops; k++) {
+      st[k] = ops[k]->shape[d] == 1 ? 0 : ops[k]->stride[d];
+      if (merge && r->stride[k][n - 1] != st[k] * ref[d]) merge = false;
+    }
+    if (merge) {
+      r->shape[n - 1] *= ref[d];
+      for (int k = 0; k < nops; k++) r->stride[k][n - 1] = st[k];
+      continue;
+    }
+    r->shape[n] = ref[d];
+    for (int k = 0; k < nops; k++) r->stride[k][n] = st[k];
+    n++;
+  }
+  r->ndim = n;
+  for (int d = 0; d < n; d++) r->nrows *= r->shape[d];
+}
+
+void mm_rows_at(const mm_rows *r, int64_t row, char **ptr) {
+  for (int k = 0; k < r->nops; k++) ptr[k] = r->base[k];
+  for (int d = r->ndim - 1; d >= 0; d--) {
+    int64_t i = row % r->shape[d];
+    row /= r->shape[d];
+    for (int k = 0; k < r->nops; k++)
+      ptr[k] += (ptrdiff_t)(i * r->stride[k][d]) * (ptrdiff_t)r->esize[k];
+  }
+}
+
+
+typedef struct { const mm_rows *r; mm_rows_fn fn; void *ctx; } rows_job;
+
+static void rows_task(void *c, int64_t b, int64_t e) {
+  const rows_job *j = c;
+  j->fn(j->ctx, j->r, b, e);
+}
+
+void mm_rows_run(const mm_rows *r, mm_rows_fn fn, void *ctx) {
+  if (r->nrows == 0) return;
+  int64_t work = r->nrows * (r->n > 0 ? r->n : 1);
+  if (r->nrows == 1 || work < MM_PARALLEL_MIN_WORK || mm_get_num_threads() == 1) {
+    fn(ctx, r, 0, r->nrows);
+    return;
+  }
+  rows_job j = {r, fn, ctx};
+  mm_parallel_for(r->nrows, rows_task, &j);
+}
+

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "internal.h"
 #include "gemm.h"
 #include "iter.h"
 #include "parallel.h"
@@ -25,21 +26,7 @@
 /* A contiguous copy in dtype dt.  Not recorded: the op that needs it records
  * itself on the original tensor. */
 static mm_tensor *raw_copy(mm_tensor *t, mm_dtype dt) {
-  mm_tensor *c = mm_tensor_empty(dt, t->ndim, t->shape);
-  if (c && mm_copy_(c, t) < 0) {
-    mm_tensor_release(c);
-    return NULL;
-  }
-  return c;
-}
-
-/* t itself (a new reference) when it already has dtype dt, else a raw copy. */
-static mm_tensor *raw_as(mm_tensor *t, mm_dtype dt) {
-  if (t->dtype == dt) {
-    mm_tensor_retain(t);
-    return t;
-  }
-  return raw_copy(t, dt);
+  return t->dtype == dt ? mm_raw_clone(t) : mm_raw_cast(t, dt);
 }
 
 static void contiguous_strides(int nd, const int64_t *shape, int64_t *stride) {
@@ -109,7 +96,7 @@ typedef struct {
  * reference: t itself, or a contiguous copy when the leading dims do not
  * collapse or no dim has unit stride). */
 static mm_tensor *as_rows(mm_tensor *t, mm_dtype dt, matrix *m) {
-  mm_tensor *c = raw_as(t, dt);
+  mm_tensor *c = mm_raw_cast(t, dt);
   if (!c) return NULL;
   int nd = c->ndim;
   m->cols = c->shape[nd - 1];
@@ -265,7 +252,7 @@ static mm_tensor *bmm(mm_tensor *a, mm_tensor *b, int onb, const int64_t *obatch
 /* A 2-D (or more) view of a matmul operand in dtype dt: a 1-D left operand
  * [K] is a row [1, K], a 1-D right operand a column [K, 1]. */
 static mm_tensor *matmul_operand(mm_tensor *t, mm_dtype dt, bool left) {
-  mm_tensor *c = raw_as(t, dt);
+  mm_tensor *c = mm_raw_cast(t, dt);
   if (!c || c->ndim >= 2) return c;
   int64_t shape[2], stride[2];
   shape[left ? 0 : 1] = 1;
@@ -375,17 +362,9 @@ mm_tensor *mm_matmul(mm_tensor *a, mm_tensor *b) {
   mm_tensor_release(c);
   if (!out) return NULL;
 
+  static const mm_op_def MATMUL = {"matmul", "MatmulBackward", matmul_backward};
   mm_tensor *in[2] = {a, b};
-  if (mm_needs_grad(2, in)) {
-    mm_node *node = mm_node_new("MatmulBackward", matmul_backward, 2, in);
-    if (!node || mm_node_save(node, a) < 0 || mm_node_save(node, b) < 0) {
-      mm_node_release(node);
-      mm_tensor_release(out);
-      return NULL;
-    }
-    mm_node_attach(node, out);
-  }
-  return out;
+  return mm_record(out, &MATMUL, 2, in, 2, in, NULL, 0);
 }
 
 /* ---- linear ---------------------------------------------------------------------- */
@@ -496,7 +475,7 @@ static int linear_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   linear_bw_job job = {.dt = dt, .ngemm = 0, .g = &G, .db = NULL};
   double flops = 0;
   if (n->edges[0].needs_grad) {
-    if (!(wo = raw_as(w, dt))) goto out;
+    if (!(wo = mm_raw_cast(w, dt))) goto out;
     if (!gemmable(wo)) {
       mm_tensor *c = raw_copy(wo, dt);
       mm_tensor_release(wo);
@@ -568,7 +547,7 @@ mm_tensor *mm_linear(mm_tensor *x, mm_tensor *w, mm_tensor *b) {
 
   matrix X;
   mm_tensor *xo = as_rows(x, dt, &X), *wo = NULL, *bo = NULL, *y = NULL;
-  if (!xo || !(wo = raw_as(w, dt)) || (b && !(bo = raw_as(b, dt)))) goto fail;
+  if (!xo || !(wo = mm_raw_cast(w, dt)) || (b && !(bo = mm_raw_cast(b, dt)))) goto fail;
   if (!gemmable(wo)) {
     mm_tensor *c = raw_copy(wo, dt);
     mm_tensor_release(wo);
@@ -590,17 +569,9 @@ mm_tensor *mm_linear(mm_tensor *x, mm_tensor *w, mm_tensor *b) {
        wo->stride[0], bo ? 1.0 : 0.0, mm_data_ptr(y), out_f, 1);
   mm_tensor_release(xo), mm_tensor_release(wo), mm_tensor_release(bo);
 
+  static const mm_op_def LINEAR = {"linear", "LinearBackward", linear_backward};
   mm_tensor *in[3] = {x, w, b};
-  if (mm_needs_grad(3, in)) {
-    mm_node *node = mm_node_new("LinearBackward", linear_backward, b ? 3 : 2, in);
-    if (!node || mm_node_save(node, x) < 0 || mm_node_save(node, w) < 0) {
-      mm_node_release(node);
-      mm_tensor_release(y);
-      return NULL;
-    }
-    mm_node_attach(node, y);
-  }
-  return y;
+  return mm_record(y, &LINEAR, b ? 3 : 2, in, 2, in, NULL, 0);
 fail:
   mm_tensor_release(xo), mm_tensor_release(wo), mm_tensor_release(bo), mm_tensor_release(y);
   return NULL;

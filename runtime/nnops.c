@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "internal.h"
 #include "iter.h"
 #include "parallel.h"
 #include "reduce.h"
@@ -23,8 +24,6 @@
 typedef float f32;
 typedef double f64;
 
-/* Below this many elements a thread hand-off costs more than it saves. */
-#define PARALLEL_MIN_WORK 32768
 /* Cross-entropy's rows cost an exp per element (and a log per row): weigh
    each element as this many copies, so a training batch of logits
    ([128, 10]) is split across threads instead of running on the calling
@@ -149,14 +148,17 @@ SOFTMAX_ROWS(f64, exp)
 SOFTMAX_GRAD_ROWS(f32, expf)
 SOFTMAX_GRAD_ROWS(f64, exp)
 
+typedef struct { int dim; bool lg; } softmax_args;
+
 static int softmax_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
+  const softmax_args *a = mm_node_args(n);
   mm_tensor *y = n->saved[0];
-  bool lg = n->iargs[1];
+  bool lg = a->lg;
   mm_tensor *d = mm_tensor_empty(y->dtype, y->ndim, y->shape);
   if (!d) return -1;
   mm_rows rows;
   mm_tensor *ops[3] = {d, y, g};
-  mm_rows_init(&rows, 3, ops, (int)n->iargs[0]);
+  mm_rows_init(&rows, 3, ops, a->dim);
   mm_rows_run(&rows, y->dtype == MM_FLOAT32 ? softmax_grad_rows_f32 : softmax_grad_rows_f64, &lg);
   gin[0] = d;
   return 0;
@@ -172,19 +174,10 @@ static mm_tensor *softmax_impl(mm_tensor *x, int dim, bool lg) {
   mm_tensor *ops[2] = {y, x};
   mm_rows_init(&rows, 2, ops, dim);
   mm_rows_run(&rows, x->dtype == MM_FLOAT32 ? softmax_rows_f32 : softmax_rows_f64, &lg);
-  if (mm_needs_grad(1, &x)) {
-    mm_node *node = mm_node_new(lg ? "LogSoftmaxBackward" : "SoftmaxBackward", softmax_backward, 1,
-                                &x);
-    if (!node || mm_node_save(node, y) < 0) {
-      if (node) mm_node_release(node);
-      mm_tensor_release(y);
-      return NULL;
-    }
-    node->iargs[0] = dim;
-    node->iargs[1] = lg;
-    mm_node_attach(node, y);
-  }
-  return y;
+  static const mm_op_def SOFTMAX = {"softmax", "SoftmaxBackward", softmax_backward};
+  static const mm_op_def LOG_SOFTMAX = {"log_softmax", "LogSoftmaxBackward", softmax_backward};
+  softmax_args a = {dim, lg};
+  return mm_record(y, lg ? &LOG_SOFTMAX : &SOFTMAX, 1, &x, 1, &y, &a, sizeof a);
 }
 
 mm_tensor *mm_softmax(mm_tensor *x, int dim) { return softmax_impl(x, dim, false); }
@@ -339,42 +332,31 @@ CE_GRAD_ROWS(f64, exp)
 /* Rows on threads when there is enough work; each row is computed the same
  * way wherever it runs. */
 static void run_rows(int64_t nrows, int64_t width, mm_parallel_fn fn, void *ctx) {
-  if (nrows > 1 && nrows * width >= PARALLEL_MIN_WORK) mm_parallel_for(nrows, fn, ctx);
+  if (nrows > 1 && nrows * width >= MM_PARALLEL_MIN_WORK) mm_parallel_for(nrows, fn, ctx);
   else if (nrows > 0) fn(ctx, 0, nrows);
 }
 
+/* What the class-index losses' backward needs besides the saved tensors. */
+typedef struct {
+  mm_loss_opts o;
+  int64_t base;     /* label of the first class */
+  double count;     /* labels that count (not ignored) */
+} class_loss_args;
+
 static int ce_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
+  const class_loss_args *a = mm_node_args(n);
   mm_tensor *x = n->saved[0], *lab = n->saved[1], *lse = n->saved[2];
-  mm_loss_opts o = {(mm_reduction)n->iargs[0], n->fargs[0], n->iargs[1] != 0, n->iargs[2]};
+  mm_loss_opts o = a->o;
   mm_tensor *d = mm_tensor_empty(x->dtype, 2, x->shape), *gc = d ? mm_contiguous(g) : NULL;
   if (!gc) { mm_tensor_release(d); return -1; }
   ce_ctx c = {mm_data_ptr(x), x->stride[0], x->stride[1], x->shape[0], x->shape[1],
-              mm_data_ptr(lab), lab->stride[0], n->iargs[3], &o, mm_data_ptr(lse), NULL,
-              mm_data_ptr(d), {mm_data_ptr(gc), gc->dtype, o.reduction, 1.0 / n->fargs[1]}};
+              mm_data_ptr(lab), lab->stride[0], a->base, &o, mm_data_ptr(lse), NULL,
+              mm_data_ptr(d), {mm_data_ptr(gc), gc->dtype, o.reduction, 1.0 / a->count}};
   run_rows(c.n, c.c * CE_ELEM_WORK, x->dtype == MM_FLOAT32 ? ce_grad_rows_f32 : ce_grad_rows_f64,
            &c);
   mm_tensor_release(gc);
   gin[0] = d;
   return 0;
-}
-
-/* Saves `saved` tensors on a new node for out, or releases out on failure. */
-static mm_tensor *attach(mm_tensor *out, const char *name, mm_backward_fn fn, int nin,
-                         mm_tensor *const *in, int nsave, mm_tensor *const *saved, mm_node **node) {
-  mm_node *n = mm_node_new(name, fn, nin, in);
-  for (int i = 0; n && i < nsave; i++)
-    if (mm_node_save(n, saved[i]) < 0) {
-      mm_set_error("%s: out of memory recording the backward node", name);
-      mm_node_release(n);
-      n = NULL;
-    }
-  if (!n) {
-    mm_tensor_release(out);
-    return NULL;
-  }
-  mm_node_attach(n, out);
-  if (node) *node = n;
-  return out;
 }
 
 mm_tensor *mm_cross_entropy(mm_tensor *logits, mm_tensor *labels, const mm_loss_opts *opts,
@@ -402,18 +384,10 @@ mm_tensor *mm_cross_entropy(mm_tensor *logits, mm_tensor *labels, const mm_loss_
               {0}};
   run_rows(n, c.c * CE_ELEM_WORK, logits->dtype == MM_FLOAT32 ? ce_rows_f32 : ce_rows_f64, &c);
   if (!(out = finish_rows(loss, n, logits->dtype, o->reduction, count))) goto done;
-  if (mm_needs_grad(1, &logits)) {
-    mm_tensor *saved[3] = {logits, labels, lse};
-    mm_node *node = NULL;
-    if (!(out = attach(out, "CrossEntropyBackward", ce_backward, 1, &logits, 3, saved, &node)))
-      goto done;
-    node->iargs[0] = o->reduction;
-    node->iargs[1] = o->has_ignore_index;
-    node->iargs[2] = o->ignore_index;
-    node->iargs[3] = base;
-    node->fargs[0] = o->label_smoothing;
-    node->fargs[1] = (double)count;
-  }
+  static const mm_op_def CE = {"cross_entropy", "CrossEntropyBackward", ce_backward};
+  mm_tensor *saved[3] = {logits, labels, lse};
+  class_loss_args a = {*o, base, (double)count};
+  out = mm_record(out, &CE, 1, &logits, 3, saved, &a, sizeof a);
 done:
   mm_tensor_release(lse);
   if (loss != small) free(loss);
@@ -423,14 +397,15 @@ done:
 /* ---- nll_loss -------------------------------------------------------------------------- */
 
 static int nll_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
+  const class_loss_args *a = mm_node_args(n);
   mm_tensor *lab = n->saved[0];
   mm_edge *e = &n->edges[0];
-  mm_loss_opts o = {(mm_reduction)n->iargs[0], 0, n->iargs[1] != 0, n->iargs[2]};
+  mm_loss_opts o = a->o;
   mm_tensor *d = mm_tensor_zeros(g->dtype, 2, e->shape), *gc = d ? mm_contiguous(g) : NULL;
   if (!gc) { mm_tensor_release(d); return -1; }
-  row_weight w = {mm_data_ptr(gc), gc->dtype, o.reduction, 1.0 / n->fargs[0]};
+  row_weight w = {mm_data_ptr(gc), gc->dtype, o.reduction, 1.0 / a->count};
   const int64_t *l = mm_data_ptr(lab);
-  int64_t rows = e->shape[0], cols = e->shape[1], base = n->iargs[3];
+  int64_t rows = e->shape[0], cols = e->shape[1], base = a->base;
   for (int64_t i = 0; i < rows; i++) {
     int64_t y = l[i * lab->stride[0]];
     if (ignored(&o, y)) continue;
@@ -463,17 +438,9 @@ mm_tensor *mm_nll_loss(mm_tensor *logp, mm_tensor *labels, const mm_loss_opts *o
   }
   mm_tensor *out = finish_rows(loss, n, logp->dtype, o->reduction, count);
   if (loss != small) free(loss);
-  if (out && mm_needs_grad(1, &logp)) {
-    mm_node *node = NULL;
-    if (!(out = attach(out, "NllLossBackward", nll_backward, 1, &logp, 1, &labels, &node)))
-      return NULL;
-    node->iargs[0] = o->reduction;
-    node->iargs[1] = o->has_ignore_index;
-    node->iargs[2] = o->ignore_index;
-    node->iargs[3] = base;
-    node->fargs[0] = (double)count;
-  }
-  return out;
+  static const mm_op_def NLL = {"nll_loss", "NllLossBackward", nll_backward};
+  class_loss_args a = {*o, base, (double)count};
+  return mm_record(out, &NLL, 1, &logp, 1, &labels, &a, sizeof a);
 }
 
 /* ---- elementwise losses ---------------------------------------------------------------- */
@@ -502,8 +469,11 @@ static mm_tensor *reduce_loss(mm_tensor *l, mm_reduction red) {
 
 /* The output gradient times 2/numel (mean) or 1: the factor every element
  * of an elementwise loss shares. */
+typedef struct { mm_reduction red; double count; } elem_loss_args;
+
 static mm_tensor *loss_scale(mm_node *n, mm_tensor *g, double factor) {
-  double k = n->iargs[0] == MM_REDUCTION_MEAN ? factor / n->fargs[0] : factor;
+  const elem_loss_args *a = mm_node_args(n);
+  double k = a->red == MM_REDUCTION_MEAN ? factor / a->count : factor;
   return mm_binary_scalar(MM_OP_MUL, g, k, false);
 }
 
@@ -523,19 +493,13 @@ mm_tensor *mm_mse_loss(mm_tensor *a, mm_tensor *b, mm_reduction red) {
   int nd;
   int64_t shape[MM_MAX_DIMS];
   if (loss_shapes("mse_loss", a, b, "tensors", &nd, shape) < 0) return NULL;
-  bool prev = mm_grad_enabled();
-  mm_set_grad_enabled(false);
-  mm_tensor *diff = mm_binary(MM_OP_SUB, a, b);
-  mm_tensor *out = reduce_loss(diff ? mm_binary(MM_OP_MUL, diff, diff) : NULL, red);
-  mm_set_grad_enabled(prev);
+  /* raw kernels: these intermediates are not part of the graph */
+  mm_tensor *diff = mm_raw_binary(MM_OP_SUB, a, b);
+  mm_tensor *out = reduce_loss(diff ? mm_raw_binary(MM_OP_MUL, diff, diff) : NULL, red);
+  static const mm_op_def MSE = {"mse_loss", "MseLossBackward", mse_backward};
   mm_tensor *in[2] = {a, b};
-  if (out && mm_needs_grad(2, in)) {
-    mm_node *node = NULL;
-    if ((out = attach(out, "MseLossBackward", mse_backward, 2, in, 1, &diff, &node))) {
-      node->iargs[0] = red;
-      node->fargs[0] = (double)mm_numel(diff);
-    }
-  }
+  elem_loss_args args = {red, diff ? (double)mm_numel(diff) : 0};
+  out = mm_record(out, &MSE, 2, in, 1, &diff, &args, sizeof args);
   mm_tensor_release(diff);
   return out;
 }
@@ -580,9 +544,7 @@ mm_tensor *mm_binary_cross_entropy_with_logits(mm_tensor *x, mm_tensor *y, mm_re
   int64_t shape[MM_MAX_DIMS];
   if (loss_shapes(name, x, y, "logits and targets", &nd, shape) < 0) return NULL;
   mm_dtype dt = x->dtype == MM_FLOAT64 || y->dtype == MM_FLOAT64 ? MM_FLOAT64 : MM_FLOAT32;
-  bool prev = mm_grad_enabled();
-  mm_set_grad_enabled(false);
-  mm_tensor *xc = mm_to_dtype(x, dt), *yc = xc ? mm_to_dtype(y, dt) : NULL;
+  mm_tensor *xc = mm_raw_cast(x, dt), *yc = xc ? mm_raw_cast(y, dt) : NULL;
   mm_tensor *l = yc ? mm_tensor_empty(dt, nd, shape) : NULL, *out = NULL;
   if (l) {
     mm_iter it;
@@ -591,19 +553,13 @@ mm_tensor *mm_binary_cross_entropy_with_logits(mm_tensor *x, mm_tensor *y, mm_re
     mm_iter_run(&it, dt == MM_FLOAT32 ? bce_f32 : bce_f64, NULL);
     out = reduce_loss(l, red);
   }
-  mm_set_grad_enabled(prev);
-  mm_tensor *in[2] = {x, y};
-  if (out && mm_needs_grad(2, in)) {
-    mm_tensor *saved[2] = {xc, yc};
-    mm_node *node = NULL;
-    if ((out = attach(out, "BinaryCrossEntropyWithLogitsBackward", bce_backward, 2, in, 2, saved,
-                      &node))) {
-      node->iargs[0] = red;
-      int64_t count = 1;
-      for (int i = 0; i < nd; i++) count *= shape[i];
-      node->fargs[0] = (double)count;
-    }
-  }
+  static const mm_op_def BCE = {"binary_cross_entropy_with_logits",
+                                "BinaryCrossEntropyWithLogitsBackward", bce_backward};
+  mm_tensor *in[2] = {x, y}, *saved[2] = {xc, yc};
+  int64_t count = 1;
+  for (int i = 0; i < nd; i++) count *= shape[i];
+  elem_loss_args args = {red, (double)count};
+  out = mm_record(out, &BCE, 2, in, 2, saved, &args, sizeof args);
   mm_tensor_release(xc);
   mm_tensor_release(yc);
   return out;
@@ -731,12 +687,6 @@ out:
 }
 
 /* A contiguous copy of t (or t itself) cut from the graph. */
-static mm_tensor *raw_contiguous(mm_tensor *t) {
-  mm_tensor *d = mm_detach(t);
-  mm_tensor *c = d ? mm_contiguous(d) : NULL;
-  mm_tensor_release(d);
-  return c;
-}
 
 static int check_param(mm_tensor *p, const char *what, mm_tensor *x, int nnorm,
                        const int64_t *nshape) {
@@ -777,8 +727,8 @@ mm_tensor *mm_layer_norm(mm_tensor *x, int nnorm, const int64_t *nshape, mm_tens
   int64_t d = 1;
   for (int i = 0; i < nnorm; i++) d *= nshape[i];
   int64_t rows = d ? mm_numel(x) / d : 0;
-  mm_tensor *xc = raw_contiguous(x), *wc = weight ? raw_contiguous(weight) : NULL;
-  mm_tensor *bc = bias ? raw_contiguous(bias) : NULL;
+  mm_tensor *xc = mm_raw_contiguous(x), *wc = weight ? mm_raw_contiguous(weight) : NULL;
+  mm_tensor *bc = bias ? mm_raw_contiguous(bias) : NULL;
   mm_tensor *y = mm_tensor_empty(x->dtype, x->ndim, x->shape);
   mm_tensor *mean = mm_tensor_empty(x->dtype, 1, &rows), *rstd = mm_tensor_empty(x->dtype, 1, &rows);
   mm_tensor *out = NULL;
@@ -788,11 +738,9 @@ mm_tensor *mm_layer_norm(mm_tensor *x, int nnorm, const int64_t *nshape, mm_tens
   run_rows(rows, d, x->dtype == MM_FLOAT32 ? ln_rows_f32 : ln_rows_f64, &c);
   out = y;
   y = NULL;
-  mm_tensor *in[3] = {x, weight, bias};
-  if (mm_needs_grad(3, in)) {
-    mm_tensor *saved[4] = {xc, mean, rstd, wc};
-    out = attach(out, "LayerNormBackward", ln_backward, 3, in, wc ? 4 : 3, saved, NULL);
-  }
+  static const mm_op_def LN = {"layer_norm", "LayerNormBackward", ln_backward};
+  mm_tensor *in[3] = {x, weight, bias}, *saved[4] = {xc, mean, rstd, wc};
+  out = mm_record(out, &LN, 3, in, 4, saved, NULL, 0);
 done:
   mm_tensor_release(xc), mm_tensor_release(wc), mm_tensor_release(bc);
   mm_tensor_release(y), mm_tensor_release(mean), mm_tensor_release(rstd);
@@ -825,12 +773,8 @@ mm_tensor *mm_dropout(mm_tensor *x, double p, bool training) {
     if (x->dtype == MM_FLOAT32) ((float *)mm_data_ptr(mask))[i] = (float)v;
     else ((double *)mm_data_ptr(mask))[i] = v;
   }
-  bool prev = mm_grad_enabled();
-  mm_set_grad_enabled(false);
-  mm_tensor *out = mm_binary(MM_OP_MUL, x, mask);
-  mm_set_grad_enabled(prev);
-  if (out && mm_needs_grad(1, &x))
-    out = attach(out, "DropoutBackward", dropout_backward, 1, &x, 1, &mask, NULL);
+  static const mm_op_def DROPOUT = {"dropout", "DropoutBackward", dropout_backward};
+  mm_tensor *out = mm_record(mm_raw_binary(MM_OP_MUL, x, mask), &DROPOUT, 1, &x, 1, &mask, NULL, 0);
   mm_tensor_release(mask);
   return out;
 }

@@ -13,7 +13,7 @@
  * NaN and poison every parameter it reaches. */
 #ifndef MICROML_NNOPS_H
 #define MICROML_NNOPS_H
-#include "microml.h"
+#include "tensor.h"
 
 mm_tensor *mm_softmax(mm_tensor *x, int dim);
 mm_tensor *mm_log_softmax(mm_tensor *x, int dim);

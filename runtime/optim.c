@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "adam_kernel.h"
-#include "autograd.h"
+#include "internal.h"
 #include "cpu.h"
 #include "parallel.h"
 
@@ -72,13 +72,7 @@ static int check_param(const char *op, const mm_tensor *param) {
 /* The kernels work on contiguous memory.  A gradient or parameter that is
  * a strided view is copied first; grad mode is off so the copy is never
  * recorded, whatever the caller's mode. */
-static mm_tensor *contiguous_unrecorded(mm_tensor *t) {
-  bool prev = mm_grad_enabled();
-  mm_set_grad_enabled(false);
-  mm_tensor *c = mm_contiguous(t);
-  mm_set_grad_enabled(prev);
-  return c;
-}
+static mm_tensor *contiguous_unrecorded(mm_tensor *t) { return mm_raw_contiguous(t); }
 
 /* Runs body over [0, n) in blocks on the pool. */
 typedef struct {
@@ -113,7 +107,8 @@ static int with_contiguous(mm_tensor *param, mm_tensor *grad, apply_fn apply, vo
   apply(p, g, ctx);
   int rc = 0;
   if (p != param) {
-    rc = mm_copy_(param, p);   /* bumps param's version */
+    rc = mm_raw_copy_into(param, p, "optimizer step");   /* the optimizer writes its leaf */
+    if (rc == 0) mm_bump_version(param);
     mm_tensor_release(p);
   } else {
     mm_bump_version(param);

@@ -21,7 +21,7 @@
 #ifndef MICROML_OPTIM_H
 #define MICROML_OPTIM_H
 
-#include "microml.h"
+#include "tensor.h"
 
 /* SGD with momentum, as torch.optim.SGD:
  *   g = grad + weight_decay * p

@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define MM_MAX_THREADS 256
+#include "tensor.h"   /* MM_MAX_THREADS, mm_set_num_threads */
 
 /* Set the number of threads used by mm_parallel_for, clamped to
    [1, MM_MAX_THREADS]; 1 means everything runs on the calling thread. */

@@ -19,87 +19,10 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "internal.h"
 #include "iter.h"
 #include "parallel.h"
 #include "reduce.h"
-
-/* ---- row layout ----------------------------------------------------------- */
-
-void mm_rows_init(mm_rows *r, int nops, mm_tensor *const *ops, int dim) {
-  int nd = ops[0]->ndim;
-  int64_t ref[MM_MAX_DIMS] = {0};
-  for (int d = 0; d < nd; d++) {
-    ref[d] = 1;
-    for (int k = 0; k < nops; k++)
-      if (ops[k]->shape[d] != 1) ref[d] = ops[k]->shape[d];
-  }
-  r->nops = nops;
-  for (int k = 0; k < nops; k++) {
-    r->base[k] = (char *)mm_data_ptr(ops[k]);
-    r->esize[k] = mm_dtype_size(ops[k]->dtype);
-    r->rstride[k] = 0;
-  }
-  r->ndim = 0;
-  r->nrows = 1;
-  if (nd == 0) { /* a scalar: one row of one element */
-    r->n = 1;
-    return;
-  }
-  r->n = ref[dim];
-  for (int k = 0; k < nops; k++)
-    r->rstride[k] = ops[k]->shape[dim] == 1 ? 0 : ops[k]->stride[dim];
-  int n = 0;
-  for (int d = 0; d < nd; d++) {
-    if (d == dim || ref[d] == 1) continue;
-    int64_t st[MM_ROWS_MAX_OPS];
-    bool merge = n > 0;
-    for (int k = 0; k < nops; k++) {
-      st[k] = ops[k]->shape[d] == 1 ? 0 : ops[k]->stride[d];
-      if (merge && r->stride[k][n - 1] != st[k] * ref[d]) merge = false;
-    }
-    if (merge) {
-      r->shape[n - 1] *= ref[d];
-      for (int k = 0; k < nops; k++) r->stride[k][n - 1] = st[k];
-      continue;
-    }
-    r->shape[n] = ref[d];
-    for (int k = 0; k < nops; k++) r->stride[k][n] = st[k];
-    n++;
-  }
-  r->ndim = n;
-  for (int d = 0; d < n; d++) r->nrows *= r->shape[d];
-}
-
-void mm_rows_at(const mm_rows *r, int64_t row, char **ptr) {
-  for (int k = 0; k < r->nops; k++) ptr[k] = r->base[k];
-  for (int d = r->ndim - 1; d >= 0; d--) {
-    int64_t i = row % r->shape[d];
-    row /= r->shape[d];
-    for (int k = 0; k < r->nops; k++)
-      ptr[k] += (ptrdiff_t)(i * r->stride[k][d]) * (ptrdiff_t)r->esize[k];
-  }
-}
-
-/* Below this many elements of work a thread hand-off costs more than it saves. */
-#define PARALLEL_MIN_WORK 32768
-
-typedef struct { const mm_rows *r; mm_rows_fn fn; void *ctx; } rows_job;
-
-static void rows_task(void *c, int64_t b, int64_t e) {
-  const rows_job *j = c;
-  j->fn(j->ctx, j->r, b, e);
-}
-
-void mm_rows_run(const mm_rows *r, mm_rows_fn fn, void *ctx) {
-  if (r->nrows == 0) return;
-  int64_t work = r->nrows * (r->n > 0 ? r->n : 1);
-  if (r->nrows == 1 || work < PARALLEL_MIN_WORK || mm_get_num_threads() == 1) {
-    fn(ctx, r, 0, r->nrows);
-    return;
-  }
-  rows_job j = {r, fn, ctx};
-  mm_parallel_for(r->nrows, rows_task, &j);
-}
 
 /* ---- block kernels ----------------------------------------------------------- */
 
@@ -277,7 +200,7 @@ static racc row_reduce(rop op, mm_dtype dt, const char *p, int64_t n, int64_t s,
   blocks_job j = {op, dt, p, n, s, c, NULL};
   /* Without the scratch array (no threads, or no memory) the same blocks
    * run in the same order on this thread. */
-  if (par && n >= PARALLEL_MIN_WORK && mm_get_num_threads() > 1 &&
+  if (par && n >= MM_PARALLEL_MIN_WORK && mm_get_num_threads() > 1 &&
       (j.part = malloc((size_t)nb * sizeof *j.part)))
     mm_parallel_for(nb, blocks_task, &j);
   racc acc = {0, 0, 0};
@@ -485,7 +408,7 @@ static mm_tensor *reduce_run(const char *name, mm_tensor *t, int *dim, bool keep
     col_job j = {sp.dt, mm_data_ptr(t), mm_data_ptr(vals), outer, n, inner,
                  (inner + COL_STRIP - 1) / COL_STRIP, sp.kind == K_MEAN ? 1.0 / (double)n : 1.0};
     int64_t ntasks = outer * j.nstrips;
-    if (ntasks > 1 && outer * n * inner >= PARALLEL_MIN_WORK) mm_parallel_for(ntasks, col_task, &j);
+    if (ntasks > 1 && outer * n * inner >= MM_PARALLEL_MIN_WORK) mm_parallel_for(ntasks, col_task, &j);
     else col_task(&j, 0, ntasks);
   } else {
     mm_rows rows;
@@ -504,35 +427,35 @@ fail:
   return NULL;
 }
 
-/* Attaches a backward node for a one-input reduction.  iargs: [0] dim (-1
- * for all), [1] keepdim; fargs[0] the number of reduced elements. */
+/* Every reduction's node carries the same arguments. */
+typedef struct {
+  int dim;          /* -1: over all elements */
+  bool keepdim;
+  double count;     /* number of reduced elements */
+  double farg;      /* var/std: the correction; norm: p */
+  int64_t flat;     /* max/min over all elements: the flat position that won */
+} reduce_args;
+
+/* Records a one-input reduction with up to two saved tensors. */
 static mm_tensor *record(mm_tensor *out, mm_tensor *t, const char *name, mm_backward_fn fn,
-                         int dim, bool keepdim, double farg, mm_tensor *s0, mm_tensor *s1) {
-  if (!out || !mm_dtype_is_float(t->dtype) || !mm_needs_grad(1, &t)) return out;
-  mm_node *n = mm_node_new(name, fn, 1, &t);
-  if (!n) goto fail;
-  n->iargs[0] = dim == MM_ALL_DIMS ? -1 : dim;
-  n->iargs[1] = keepdim;
-  n->fargs[0] = (double)(dim == MM_ALL_DIMS ? mm_numel(t) : t->shape[dim]);
-  n->fargs[1] = farg;
-  if ((s0 && mm_node_save(n, s0) < 0) || (s1 && mm_node_save(n, s1) < 0)) {
-    mm_node_release(n);
-    mm_set_error("%s: out of memory recording the backward node", name);
-    goto fail;
-  }
-  mm_node_attach(n, out);
-  return out;
-fail:
-  mm_tensor_release(out);
-  return NULL;
+                         int dim, bool keepdim, double farg, mm_tensor *s0, mm_tensor *s1,
+                         int64_t flat) {
+  if (!out || !mm_dtype_is_float(t->dtype)) return out;
+  reduce_args a = {dim == MM_ALL_DIMS ? -1 : dim, keepdim,
+                   (double)(dim == MM_ALL_DIMS ? mm_numel(t) : t->shape[dim]), farg, flat};
+  mm_tensor *saved[2] = {s0, s1};
+  mm_op_def def = {name, name, fn};
+  return mm_record(out, &def, 1, &t, 2, saved, &a, sizeof a);
 }
 
-static int node_dim(const mm_node *n) { return n->iargs[0] < 0 ? MM_ALL_DIMS : (int)n->iargs[0]; }
+static const reduce_args *rargs(const mm_node *n) { return mm_node_args(n); }
+
+static int node_dim(const mm_node *n) { return rargs(n)->dim < 0 ? MM_ALL_DIMS : rargs(n)->dim; }
 
 /* A tensor of the reduced shape viewed with the reduced dim back as size 1,
  * so that it broadcasts against the input. */
 static mm_tensor *keep_shape(const mm_node *n, mm_tensor *t) {
-  if (n->iargs[0] >= 0 && !n->iargs[1]) return mm_unsqueeze(t, (int)n->iargs[0]);
+  if (rargs(n)->dim >= 0 && !rargs(n)->keepdim) return mm_unsqueeze(t, rargs(n)->dim);
   mm_tensor_retain(t);   /* over all dims: 0-dim or all ones, both broadcast */
   return t;
 }
@@ -556,13 +479,13 @@ mm_tensor *mm_sum(mm_tensor *t, int dim, bool keepdim) {
   rspec sp = {K_SUM, t->dtype, 0};
   bool failed;
   mm_tensor *out = reduce_run("sum", t, &dim, keepdim, sp, true, NULL, &failed);
-  return record(out, t, "SumBackward", sum_backward, dim, keepdim, 0, NULL, NULL);
+  return record(out, t, "SumBackward", sum_backward, dim, keepdim, 0, NULL, NULL, 0);
 }
 
 static int mean_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   mm_tensor *e = expand_to_input(n, g);
   if (!e) return -1;
-  gin[0] = mm_binary_scalar(MM_OP_MUL, e, 1.0 / n->fargs[0], false);
+  gin[0] = mm_binary_scalar(MM_OP_MUL, e, 1.0 / rargs(n)->count, false);
   mm_tensor_release(e);
   return gin[0] ? 0 : -1;
 }
@@ -572,15 +495,15 @@ mm_tensor *mm_mean(mm_tensor *t, int dim, bool keepdim) {
   rspec sp = {K_MEAN, t->dtype, 0};
   bool failed;
   mm_tensor *out = reduce_run("mean", t, &dim, keepdim, sp, true, NULL, &failed);
-  return record(out, t, "MeanBackward", mean_backward, dim, keepdim, 0, NULL, NULL);
+  return record(out, t, "MeanBackward", mean_backward, dim, keepdim, 0, NULL, NULL, 0);
 }
 
 /* ---- var / std -------------------------------------------------------------------- */
 
 /* d var / dx = 2 (x - mean) / (n - ddof);  d std / dx = (x - mean) / ((n - ddof) std). */
 static int var_std_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  bool is_std = n->nsaved == 2;
-  double den = n->fargs[0] - n->fargs[1];
+  bool is_std = n->saved[1] != NULL;   /* std saves its output too */
+  double den = rargs(n)->count - rargs(n)->farg;
   mm_tensor *x = n->saved[0], *mk = NULL, *diff = NULL, *gk = NULL, *ok = NULL, *s = NULL,
             *q = NULL;
   int rc = -1;
@@ -608,7 +531,7 @@ static mm_tensor *var_std(mm_tensor *t, int dim, bool unbiased, bool keepdim, bo
   bool failed;
   mm_tensor *out = reduce_run(name, t, &dim, keepdim, sp, true, NULL, &failed);
   return record(out, t, is_std ? "StdBackward" : "VarBackward", var_std_backward, dim, keepdim,
-                sp.p, t, is_std ? out : NULL);
+                sp.p, t, is_std ? out : NULL, 0);
 }
 
 mm_tensor *mm_var(mm_tensor *t, int dim, bool unbiased, bool keepdim) {
@@ -677,26 +600,26 @@ mm_tensor *mm_prod(mm_tensor *t, int dim, bool keepdim) {
   rspec sp = {K_PROD, t->dtype, 0};
   bool failed;
   mm_tensor *out = reduce_run("prod", t, &dim, keepdim, sp, true, NULL, &failed);
-  return record(out, t, "ProdBackward", prod_backward, dim, keepdim, 0, t, NULL);
+  return record(out, t, "ProdBackward", prod_backward, dim, keepdim, 0, t, NULL, 0);
 }
 
 /* ---- max / min / argmax / argmin ------------------------------------------------------- */
 
 /* The gradient goes to the selected position of each row; over all dims
- * the flat position is in iargs[2]. */
+ * the flat position is in the arguments. */
 static int select_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   mm_edge *e = &n->edges[0];
   mm_tensor *z = mm_tensor_zeros(g->dtype, e->ndim, e->shape);
   if (!z) return -1;
-  if (n->iargs[0] < 0) {
-    mm_set_flat(z, n->iargs[2], mm_get_flat(g, 0));
+  if (rargs(n)->dim < 0) {
+    mm_set_flat(z, rargs(n)->flat, mm_get_flat(g, 0));
     gin[0] = z;
     return 0;
   }
   mm_tensor *gc = mm_contiguous(g);
   if (!gc) { mm_tensor_release(z); return -1; }
   mm_rows rows;
-  mm_rows_init(&rows, 1, &z, (int)n->iargs[0]);
+  mm_rows_init(&rows, 1, &z, rargs(n)->dim);
   const int64_t *idx = mm_data_ptr(n->saved[0]);
   char *ptr[1];
   for (int64_t row = 0; row < rows.nrows; row++) {
@@ -736,9 +659,8 @@ static mm_tensor *maxmin(mm_tensor *t, int dim, bool keepdim, int64_t base, mm_t
   if (mm_dtype_is_float(t->dtype) && mm_needs_grad(1, &t)) {
     bool all = dim == MM_ALL_DIMS;
     out = record(out, t, is_max ? "MaxBackward" : "MinBackward", select_backward, dim, keepdim,
-                 0, all ? NULL : idx, NULL);
+                 0, all ? NULL : idx, NULL, all ? ((const int64_t *)mm_data_ptr(idx))[0] : 0);
     if (!out) goto fail;
-    if (all) out->grad_fn->iargs[2] = ((const int64_t *)mm_data_ptr(idx))[0];
   }
   mm_tensor_release(idx);
   if (indices) *indices = shown;
@@ -818,7 +740,7 @@ mm_tensor *mm_logsumexp(mm_tensor *t, int dim, bool keepdim) {
   rspec sp = {K_LSE, t->dtype, 0};
   bool failed;
   mm_tensor *out = reduce_run("logsumexp", t, &dim, keepdim, sp, true, NULL, &failed);
-  return record(out, t, "LogsumexpBackward", lse_backward, dim, keepdim, 0, t, out);
+  return record(out, t, "LogsumexpBackward", lse_backward, dim, keepdim, 0, t, out, 0);
 }
 
 /* ---- norm ------------------------------------------------------------------------------- */
@@ -845,7 +767,7 @@ NORM_GRAD(f32)
 NORM_GRAD(f64)
 
 static int norm_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  double q = n->fargs[1];
+  double q = rargs(n)->farg;
   mm_tensor *d = grad_kernel(n, g, n->saved[0], n->saved[1], norm_grad_f32, norm_grad_f64, &q);
   if (!d) return -1;
   if (!isinf(q)) {
@@ -872,5 +794,5 @@ mm_tensor *mm_norm(mm_tensor *t, double p, int dim, bool keepdim) {
   rspec sp = {K_NORM, t->dtype, p};
   bool failed;
   mm_tensor *out = reduce_run("norm", t, &dim, keepdim, sp, true, NULL, &failed);
-  return record(out, t, "NormBackward", norm_backward, dim, keepdim, p, t, out);
+  return record(out, t, "NormBackward", norm_backward, dim, keepdim, p, t, out, 0);
 }

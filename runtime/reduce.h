@@ -19,7 +19,7 @@
  */
 #ifndef MICROML_REDUCE_H
 #define MICROML_REDUCE_H
-#include "microml.h"
+#include "tensor.h"
 
 mm_tensor *mm_sum(mm_tensor *t, int dim, bool keepdim);
 mm_tensor *mm_mean(mm_tensor *t, int dim, bool keepdim);
@@ -42,37 +42,5 @@ mm_tensor *mm_logsumexp(mm_tensor *t, int dim, bool keepdim);
    The gradient at a zero norm is 0; for p = INFINITY it is split evenly
    between the elements that attain the maximum. */
 mm_tensor *mm_norm(mm_tensor *t, double p, int dim, bool keepdim);
-
-/* ---- row layout (for op implementations) -------------------------------
- * A tensor seen as rows along one dimension: `nrows` rows of `n` elements,
- * row r of operand k starting at mm_rows_at(...)[k] with `rstride[k]`
- * elements between neighbours.  Rows come in row-major order of the other
- * dimensions, so a contiguous output of those dimensions is indexed by r.
- * Operands share one shape, except that any operand may have size 1 in a
- * dimension (it then repeats: stride 0).  The outer dimensions are merged
- * where every operand allows it, so a contiguous tensor reduced over its
- * last dimension is one flat loop of rows. */
-#define MM_ROWS_MAX_OPS 4
-typedef struct mm_rows {
-  int nops;
-  int ndim;                                    /* outer dims after merging */
-  int64_t shape[MM_MAX_DIMS];
-  int64_t stride[MM_ROWS_MAX_OPS][MM_MAX_DIMS]; /* in elements */
-  int64_t n;                                   /* row length */
-  int64_t rstride[MM_ROWS_MAX_OPS];            /* in elements */
-  int64_t nrows;
-  char *base[MM_ROWS_MAX_OPS];
-  size_t esize[MM_ROWS_MAX_OPS];
-} mm_rows;
-
-/* dim must already be wrapped (0 <= dim < ndim), or anything for ndim 0. */
-void mm_rows_init(mm_rows *r, int nops, mm_tensor *const *ops, int dim);
-/* Start of row `row` for every operand. */
-void mm_rows_at(const mm_rows *r, int64_t row, char **ptr);
-/* fn(ctx, r, row_begin, row_end) over all rows, split across threads by
-   rows when the work (rows x row length) is large.  Each row is handled
-   whole by one thread, so results never depend on the thread count. */
-typedef void (*mm_rows_fn)(void *ctx, const mm_rows *r, int64_t row_begin, int64_t row_end);
-void mm_rows_run(const mm_rows *r, mm_rows_fn fn, void *ctx);
 
 #endif

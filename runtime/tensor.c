@@ -8,6 +8,7 @@
 
 #include "microml.h"
 #include "autograd.h"
+#include "internal.h"
 
 static mm_tensor *free_headers;   /* linked through ->grad */
 
@@ -130,7 +131,12 @@ mm_tensor *mm_tensor_zeros(mm_dtype dt, int ndim, const int64_t *shape) {
 
 mm_tensor *mm_tensor_full(mm_dtype dt, int ndim, const int64_t *shape, double v) {
   mm_tensor *t = mm_tensor_empty(dt, ndim, shape);
-  if (t) mm_fill_(t, v);
+  if (!t) return NULL;
+  int64_t n = mm_numel(t);
+  void *p = mm_data_ptr(t);   /* fresh and contiguous: a plain loop, no iterator */
+  if (dt == MM_FLOAT32) for (int64_t i = 0; i < n; i++) ((float *)p)[i] = (float)v;
+  else if (dt == MM_FLOAT64) for (int64_t i = 0; i < n; i++) ((double *)p)[i] = v;
+  else for (int64_t i = 0; i < n; i++) ((int64_t *)p)[i] = (int64_t)v;
   return t;
 }
 
@@ -161,15 +167,71 @@ void mm_tensor_release(mm_tensor *t) {
   free_headers = t;
 }
 
-/* Called by mm_empty_cache: the header free list is a cache like the
- * storage one, and must not outlive an unloaded library (leak checkers). */
-void mm_tensor_free_headers(void) {
+/* The header free list is a cache like the storage one, and must not
+ * outlive an unloaded library (leak checkers). */
+void mm_empty_cache(void) {
   while (free_headers) {
     mm_tensor *t = free_headers;
     free_headers = t->grad;
     free(t);
   }
+  mm_storage_cache_empty();
 }
+
+/* ---- autograd node lifetime ------------------------------------------------
+ * Here rather than in autograd.c because the two lifetimes are one: a
+ * tensor owns its grad_fn node and a node owns its saved tensors, so
+ * releasing either may release the other.  The engine (autograd.c) sits
+ * above this file and the kernels; nothing here calls an op. */
+
+void mm_node_retain(mm_node *n) { n->refcount++; }
+
+void mm_node_release_saved(mm_node *n) {
+  for (int i = 0; i < n->nsaved; i++) {
+    mm_tensor_release(n->saved[i]);
+    n->saved[i] = NULL;
+  }
+  n->nsaved = 0;
+}
+
+/* Iterative: releasing the head of a long chain frees the whole chain with
+ * a heap-allocated worklist instead of recursion. */
+void mm_node_release(mm_node *first) {
+  if (!first || --first->refcount > 0) return;
+  size_t cap = 64, top = 0;
+  mm_node **stack = malloc(cap * sizeof *stack);
+  mm_node *inline_stack[1];
+  if (!stack) { stack = inline_stack; cap = 1; }
+  stack[top++] = first;
+  while (top) {
+    mm_node *n = stack[--top];
+    for (int i = 0; i < n->ninputs; i++) {
+      mm_edge *e = &n->edges[i];
+      if (e->leaf) mm_tensor_release(e->leaf);
+      if (e->node && --e->node->refcount == 0) {
+        if (top == cap && stack != inline_stack) {
+          mm_node **bigger = realloc(stack, 2 * cap * sizeof *stack);
+          if (bigger) { stack = bigger; cap *= 2; }
+        }
+        if (top < cap) stack[top++] = e->node;
+        else { e->node->refcount = 1; mm_node_release(e->node); } /* last resort */
+      }
+    }
+    mm_node_release_saved(n);
+    if (n->grad_acc) mm_tensor_release(n->grad_acc);
+    free(n);
+  }
+  if (stack != inline_stack) free(stack);
+}
+
+void mm_autograd_detach_output(mm_tensor *t) {
+  mm_node *n = t->grad_fn;
+  t->grad_fn = NULL;
+  if (n->output == t) n->output = NULL;
+  mm_node_release(n);
+}
+
+
 
 /* Offset (in elements) of the i-th element in row-major order. */
 static int64_t flat_offset(const mm_tensor *t, int64_t i) {

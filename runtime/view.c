@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "internal.h"
 
 /* reshape-like backward: the gradient takes the input's shape again. */
 static int reshape_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
@@ -21,7 +22,8 @@ static int expand_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
 
 static int permute_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   int inv[MM_MAX_DIMS];
-  for (int i = 0; i < g->ndim; i++) inv[n->iargs[i]] = i;
+  const int64_t *perm = mm_node_args(n);
+  for (int i = 0; i < g->ndim; i++) inv[perm[i]] = i;
   gin[0] = mm_permute(g, g->ndim, inv);
   return gin[0] ? 0 : -1;
 }
@@ -31,9 +33,9 @@ static int narrow_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   mm_edge *e = &n->edges[0];
   mm_tensor *z = mm_tensor_zeros(g->dtype, e->ndim, e->shape);
   if (!z) return -1;
-  int dim = (int)n->iargs[0];
-  mm_tensor *part = n->iargs[2] < 0 ? mm_select(z, dim, n->iargs[1])
-                                    : mm_narrow(z, dim, n->iargs[1], n->iargs[2]);
+  const int64_t *a = mm_node_args(n);   /* dim, start, length (-1: select) */
+  int dim = (int)a[0];
+  mm_tensor *part = a[2] < 0 ? mm_select(z, dim, a[1]) : mm_narrow(z, dim, a[1], a[2]);
   if (!part || mm_copy_(part, g) < 0) {
     mm_tensor_release(part);
     mm_tensor_release(z);
@@ -44,19 +46,14 @@ static int narrow_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   return 0;
 }
 
-/* Wraps base's storage with a new geometry and records the view op. */
+/* Wraps base's storage with a new geometry and records the view op; the
+ * node's arguments are niargs integers (dims, offsets) for its backward. */
 static mm_tensor *make_view(mm_tensor *base, int ndim, const int64_t *shape,
                             const int64_t *stride, int64_t offset, const char *name,
                             mm_backward_fn fn, const int64_t *iargs, int niargs) {
   mm_tensor *v = mm_tensor_view_of(base, ndim, shape, stride, offset);
-  if (!v) return NULL;
-  if (mm_needs_grad(1, &base)) {
-    mm_node *node = mm_node_new(name, fn, 1, &base);
-    if (!node) { mm_tensor_release(v); return NULL; }
-    for (int i = 0; i < niargs; i++) node->iargs[i] = iargs[i];
-    mm_node_attach(node, v);
-  }
-  return v;
+  mm_op_def def = {name, name, fn};
+  return mm_record(v, &def, 1, &base, 0, NULL, iargs, sizeof(int64_t) * (size_t)niargs);
 }
 
 /* Resolves one -1 and checks the element count. */

@@ -17,7 +17,7 @@
  * The walk is iterative: graphs of 100k+ nodes need no deep C stack. */
 #ifndef MICROML_VIZ_H
 #define MICROML_VIZ_H
-#include "microml.h"
+#include "tensor.h"
 
 #define MM_DOT_DEFAULT_MAX_NODES 2000
 

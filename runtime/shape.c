@@ -1,6 +1,5 @@
-/* combine.c — ops that join, cut and frame tensors: cat, stack, split,
- * chunk, pad; and two pointwise ops with a piecewise gradient: clamp and
- * leaky_relu.  Each op's backward sits right under its forward.
+/* shape.c — ops that join, cut and frame tensors: cat, stack, split,
+ * chunk, pad.  Each op's backward sits right under its forward.
  *
  * Joining copies each input into a window of one fresh output (views made
  * with mm_tensor_view_of, so nothing is recorded for the windows); the
@@ -12,7 +11,7 @@
 #include <string.h>
 
 #include "autograd.h"
-#include "iter.h"
+#include "internal.h"
 
 /* ---- cat / stack ------------------------------------------------------------ */
 
@@ -22,9 +21,12 @@ static bool cat_skips(int ndim, const int64_t *shape) { return ndim == 1 && shap
 
 /* Input i's gradient is its window of g along dim (a view of g); for stack
  * the window is the i-th slice of the new dim. */
+typedef struct { int dim; bool stack; } cat_args;
+
 static int cat_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  int dim = (int)n->iargs[0];
-  bool stack = n->iargs[1] != 0;
+  const cat_args *a = mm_node_args(n);
+  int dim = a->dim;
+  bool stack = a->stack;
   int64_t off = 0;
   for (int i = 0; i < n->ninputs; i++) {
     const mm_edge *e = &n->edges[i];
@@ -121,20 +123,16 @@ static mm_tensor *join(int n, mm_tensor *const *ts, int dim, bool stack) {
     else
       memcpy(wstride, out->stride, sizeof(int64_t) * (size_t)ondim);
     mm_tensor *win = mm_tensor_view_of(out, t->ndim, t->shape, wstride, off * out->stride[dim]);
-    int rc = win ? mm_copy_(win, t) : -1;
+    int rc = win ? mm_raw_copy_into(win, t, stack ? "stack" : "cat") : -1;
     mm_tensor_release(win);
     if (rc < 0) { mm_tensor_release(out); return NULL; }
     off += stack ? 1 : t->shape[dim];
   }
 
-  if (mm_needs_grad(n, ts) && mm_dtype_is_float(dt)) {
-    mm_node *node = mm_node_new(stack ? "StackBackward" : "CatBackward", cat_backward, n, ts);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    node->iargs[0] = dim;
-    node->iargs[1] = stack;
-    mm_node_attach(node, out);
-  }
-  return out;
+  static const mm_op_def CAT = {"cat", "CatBackward", cat_backward};
+  static const mm_op_def STACK = {"stack", "StackBackward", cat_backward};
+  cat_args a = {dim, stack};
+  return mm_record(out, stack ? &STACK : &CAT, n, ts, 0, NULL, &a, sizeof a);
 }
 
 mm_tensor *mm_cat(int n, mm_tensor *const *ts, int dim) { return join(n, ts, dim, false); }
@@ -272,13 +270,16 @@ static int pad_amounts(const mm_tensor *x, int npads, const int64_t *pads, int64
 
 /* The gradient of a pad is the gradient cropped back: pad with the amounts
  * negated (which also zero-fills where the forward cropped). */
+typedef struct { int64_t before[MM_MAX_DIMS], after[MM_MAX_DIMS]; } pad_args;
+
 static int pad_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
+  const pad_args *a = mm_node_args(n);
   int nd = n->edges[0].ndim;
   int64_t neg[2 * MM_MAX_DIMS];
   for (int d = 0; d < nd; d++) {
     int k = nd - 1 - d;
-    neg[2 * k] = -n->iargs[2 * d];
-    neg[2 * k + 1] = -n->iargs[2 * d + 1];
+    neg[2 * k] = -a->before[d];
+    neg[2 * k + 1] = -a->after[d];
   }
   gin[0] = mm_pad(g, 2 * nd, neg, 0.0);
   return gin[0] ? 0 : -1;
@@ -307,165 +308,15 @@ mm_tensor *mm_pad(mm_tensor *x, int npads, const int64_t *pads, double value) {
   if (!empty) {
     mm_tensor *src = mm_tensor_view_of(x, x->ndim, win, x->stride, xoff);
     mm_tensor *dst = src ? mm_tensor_view_of(out, x->ndim, win, out->stride, ooff) : NULL;
-    int rc = dst ? mm_copy_(dst, src) : -1;
+    int rc = dst ? mm_raw_copy_into(dst, src, "pad") : -1;
     mm_tensor_release(src);
     mm_tensor_release(dst);
     if (rc < 0) { mm_tensor_release(out); return NULL; }
   }
-  if (mm_needs_grad(1, &x)) {
-    mm_node *node = mm_node_new("PadBackward", pad_backward, 1, &x);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    for (int d = 0; d < x->ndim; d++) {
-      node->iargs[2 * d] = before[d];
-      node->iargs[2 * d + 1] = after[d];
-    }
-    mm_node_attach(node, out);
-  }
-  return out;
+  static const mm_op_def PAD = {"pad", "PadBackward", pad_backward};
+  pad_args a;
+  memcpy(a.before, before, sizeof a.before);
+  memcpy(a.after, after, sizeof a.after);
+  return mm_record(out, &PAD, 1, &x, 0, NULL, &a, sizeof a);
 }
 
-/* ---- clamp ---------------------------------------------------------------------- */
-
-typedef struct { double lo, hi; bool has_lo, has_hi; } clamp_ctx;
-
-/* A NaN input stays NaN (comparisons with it are false); a NaN bound gives
- * NaN, as torch.clamp does. */
-#define CLAMP_FW(SUF, T)                                                             \
-  static void clamp_fw_##SUF(int64_t n, char **p, const int64_t *s, const void *vc) { \
-    const clamp_ctx *c = vc;                                                         \
-    const T lo = (T)c->lo, hi = (T)c->hi;                                            \
-    for (int64_t i = 0; i < n; i++) {                                                \
-      T y = *(const T *)(p[1] + i * s[1]);                                           \
-      if (c->has_lo && (y < lo || lo != lo)) y = lo;                                 \
-      if (c->has_hi && (y > hi || hi != hi)) y = hi;                                 \
-      *(T *)(p[0] + i * s[0]) = y;                                                   \
-    }                                                                                \
-  }
-/* operands (gin, g, x): g where lo <= x <= hi, else 0 */
-#define CLAMP_BW(SUF, T)                                                             \
-  static void clamp_bw_##SUF(int64_t n, char **p, const int64_t *s, const void *vc) { \
-    const clamp_ctx *c = vc;                                                         \
-    const T lo = (T)c->lo, hi = (T)c->hi;                                            \
-    for (int64_t i = 0; i < n; i++) {                                                \
-      T x = *(const T *)(p[2] + i * s[2]);                                           \
-      bool in = (!c->has_lo || x >= lo) && (!c->has_hi || x <= hi);                  \
-      *(T *)(p[0] + i * s[0]) = in ? *(const T *)(p[1] + i * s[1]) : (T)0;           \
-    }                                                                                \
-  }
-CLAMP_FW(f32, float)
-CLAMP_FW(f64, double)
-CLAMP_FW(i64, int64_t)
-CLAMP_BW(f32, float)
-CLAMP_BW(f64, double)
-
-static mm_loop_fn pick(mm_dtype dt, mm_loop_fn f32, mm_loop_fn f64, mm_loop_fn i64) {
-  return dt == MM_FLOAT32 ? f32 : dt == MM_FLOAT64 ? f64 : i64;
-}
-
-/* Runs a 3-operand derivative kernel (gin, g, x) over x's shape. */
-static mm_tensor *pointwise_grad(mm_tensor *g, mm_tensor *x, mm_loop_fn f32, mm_loop_fn f64,
-                                 const void *ctx) {
-  mm_tensor *gc = g->dtype == x->dtype ? (mm_tensor_retain(g), g) : mm_to_dtype(g, x->dtype);
-  mm_tensor *gin = gc ? mm_tensor_empty(x->dtype, x->ndim, x->shape) : NULL;
-  if (gin) {
-    mm_iter it;
-    mm_tensor *ops[3] = {gin, gc, x};
-    mm_iter_init(&it, 3, ops, x->ndim, x->shape);
-    mm_iter_run(&it, x->dtype == MM_FLOAT32 ? f32 : f64, ctx);
-  }
-  mm_tensor_release(gc);
-  return gin;
-}
-
-static int clamp_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  clamp_ctx c = {n->fargs[0], n->fargs[1], n->iargs[0] != 0, n->iargs[1] != 0};
-  gin[0] = pointwise_grad(g, n->saved[0], clamp_bw_f32, clamp_bw_f64, &c);
-  return gin[0] ? 0 : -1;
-}
-
-mm_tensor *mm_clamp(mm_tensor *x, const double *lo, const double *hi) {
-  if (!lo && !hi) {
-    mm_set_error("clamp: expected at least one of min and max, got neither");
-    return NULL;
-  }
-  clamp_ctx c = {lo ? *lo : 0, hi ? *hi : 0, lo != NULL, hi != NULL};
-  if (x->dtype == MM_INT64) {
-    const double lim = 9.2e18;
-    bool integral = (!lo || *lo == floor(*lo)) && (!hi || *hi == floor(*hi));
-    if (integral && ((lo && fabs(*lo) > lim) || (hi && fabs(*hi) > lim))) {
-      mm_set_error("clamp: bound %g is outside the int64 range", lo && fabs(*lo) > lim ? *lo : *hi);
-      return NULL;
-    }
-    if (!integral) { /* a fractional bound makes the result float, as torch promotes */
-      mm_tensor *xf = mm_to_dtype(x, MM_FLOAT32);
-      mm_tensor *r = xf ? mm_clamp(xf, lo, hi) : NULL;
-      mm_tensor_release(xf);
-      return r;
-    }
-  }
-  mm_tensor *out = mm_tensor_empty(x->dtype, x->ndim, x->shape);
-  if (!out) return NULL;
-  mm_iter it;
-  mm_tensor *ops[2] = {out, x};
-  mm_iter_init(&it, 2, ops, x->ndim, x->shape);
-  mm_iter_run(&it, pick(x->dtype, clamp_fw_f32, clamp_fw_f64, clamp_fw_i64), &c);
-  if (mm_needs_grad(1, &x) && mm_dtype_is_float(x->dtype)) {
-    mm_node *node = mm_node_new("ClampBackward", clamp_backward, 1, &x);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    node->fargs[0] = c.lo;
-    node->fargs[1] = c.hi;
-    node->iargs[0] = c.has_lo;
-    node->iargs[1] = c.has_hi;
-    mm_node_save(node, x);
-    mm_node_attach(node, out);
-  }
-  return out;
-}
-
-/* ---- leaky_relu ------------------------------------------------------------------- */
-
-#define LEAKY_KERNELS(SUF, T)                                                        \
-  static void leaky_fw_##SUF(int64_t n, char **p, const int64_t *s, const void *vc) { \
-    const T a = (T) * (const double *)vc;                                            \
-    for (int64_t i = 0; i < n; i++) {                                                \
-      T x = *(const T *)(p[1] + i * s[1]);                                           \
-      *(T *)(p[0] + i * s[0]) = x > 0 ? x : a * x;                                   \
-    }                                                                                \
-  }                                                                                  \
-  /* operands (gin, g, x): g for x > 0, slope * g otherwise */                       \
-  static void leaky_bw_##SUF(int64_t n, char **p, const int64_t *s, const void *vc) { \
-    const T a = (T) * (const double *)vc;                                            \
-    for (int64_t i = 0; i < n; i++) {                                                \
-      T x = *(const T *)(p[2] + i * s[2]), g = *(const T *)(p[1] + i * s[1]);        \
-      *(T *)(p[0] + i * s[0]) = x > 0 ? g : a * g;                                   \
-    }                                                                                \
-  }
-LEAKY_KERNELS(f32, float)
-LEAKY_KERNELS(f64, double)
-
-static int leaky_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  gin[0] = pointwise_grad(g, n->saved[0], leaky_bw_f32, leaky_bw_f64, &n->fargs[0]);
-  return gin[0] ? 0 : -1;
-}
-
-mm_tensor *mm_leaky_relu(mm_tensor *x, double slope) {
-  if (!mm_dtype_is_float(x->dtype)) {
-    mm_set_error("leaky_relu: expected a float32 or float64 tensor, got %s (convert with :float())",
-                 mm_dtype_name(x->dtype));
-    return NULL;
-  }
-  mm_tensor *out = mm_tensor_empty(x->dtype, x->ndim, x->shape);
-  if (!out) return NULL;
-  mm_iter it;
-  mm_tensor *ops[2] = {out, x};
-  mm_iter_init(&it, 2, ops, x->ndim, x->shape);
-  mm_iter_run(&it, x->dtype == MM_FLOAT32 ? leaky_fw_f32 : leaky_fw_f64, &slope);
-  if (mm_needs_grad(1, &x)) {
-    mm_node *node = mm_node_new("LeakyReluBackward", leaky_backward, 1, &x);
-    if (!node) { mm_tensor_release(out); return NULL; }
-    node->fargs[0] = slope;
-    mm_node_save(node, x);
-    mm_node_attach(node, out);
-  }
-  return out;
-}

@@ -1,0 +1,69 @@
+/* internal.h — what only the runtime uses (not installed).
+ *
+ * The runtime is layered; each file calls only into layers below it, so
+ * the call graph between files has no cycle (`make check-layers` checks):
+ *
+ *   1. error.c, cpu.c, parallel.c          messages, CPU features, the pool
+ *   2. alloc.c, tensor.c                   storage; tensor and node lifetime
+ *   3. iter.c                              the strided iterators (elements, rows)
+ *   4. pointwise_raw.c (+ _avx2)           raw kernels: never record, never read grad mode
+ *   5. autograd.c                          the recorder and the backward engine
+ *   6. the recorded ops                    elementwise, view, reduce, linalg, conv, ...
+ *
+ * The engine and tensor lifetime call only the raw layer; an op body that
+ * needs an unrecorded copy, cast or sum calls mm_raw_* too, so no op flips
+ * grad mode. */
+#ifndef MICROML_INTERNAL_H
+#define MICROML_INTERNAL_H
+
+#include "microml.h"
+
+/* ---- tensors (tensor.c, alloc.c) ----------------------------------------- */
+/* A view sharing t's storage with the given geometry (no checks). */
+mm_tensor *mm_tensor_view_of(const mm_tensor *t, int ndim, const int64_t *shape,
+                             const int64_t *stride, int64_t offset);
+/* mm_tensor_empty without the shape check (the caller's shape is valid). */
+mm_tensor *mm_tensor_empty_unchecked(mm_dtype dt, int ndim, const int64_t *shape);
+/* Frees the allocator's cached blocks (mm_empty_cache also frees headers). */
+void mm_storage_cache_empty(void);
+
+/* Result dtype of a binary op between two tensors (float64 > float32 > int64). */
+static inline mm_dtype mm_promote(mm_dtype a, mm_dtype b) {
+  if (a == MM_FLOAT64 || b == MM_FLOAT64) return MM_FLOAT64;
+  if (a == MM_FLOAT32 || b == MM_FLOAT32) return MM_FLOAT32;
+  return MM_INT64;
+}
+
+/* ---- raw kernels (pointwise_raw.c) -----------------------------------------
+ * Same arithmetic as the public ops, without recording and without the
+ * user-facing checks the public ops make (in-place safety, dtype policy).
+ * Shapes are still checked where they can mismatch. */
+/* a op b with broadcasting and promotion (int64 / int64 divides as float32). */
+mm_tensor *mm_raw_binary(mm_binary_op op, mm_tensor *a, mm_tensor *b);
+/* a = a op b (b broadcasts to a); bumps a's version. */
+int mm_raw_binary_(mm_binary_op op, mm_tensor *a, mm_tensor *b);
+/* Result dtype of a binary op (division of integers gives float32). */
+mm_dtype mm_raw_binary_dtype(mm_binary_op op, mm_dtype a, mm_dtype b);
+/* f(x); int64 only for neg/abs/relu/sign (the caller checks). */
+mm_tensor *mm_raw_unary(mm_unary_op op, mm_tensor *a);
+/* f'(x) computed from x and y = f(x), same shape and dtype as x. */
+mm_tensor *mm_raw_unary_derivative(mm_unary_op op, mm_tensor *x, mm_tensor *y);
+/* g * relu'(x) in one pass (g of x's shape and dtype). */
+mm_tensor *mm_raw_relu_backward(mm_tensor *g, mm_tensor *x);
+/* t in dtype dt: t itself (a new reference) when it already is. */
+mm_tensor *mm_raw_cast(mm_tensor *t, mm_dtype dt);
+/* A contiguous copy in t's dtype. */
+mm_tensor *mm_raw_clone(mm_tensor *t);
+/* t itself (a new reference) if contiguous, else a contiguous copy. */
+mm_tensor *mm_raw_contiguous(mm_tensor *t);
+/* dst = src with broadcasting and casting; `where` names the caller in
+   the shape error.  Does not bump dst's version. */
+int mm_raw_copy_into(mm_tensor *dst, mm_tensor *src, const char *where);
+/* Every element of t set to v (cast to t's dtype); no version bump. */
+void mm_raw_fill(mm_tensor *t, double v);
+/* g summed down to (ndim, shape): broadcasting's inverse. */
+mm_tensor *mm_raw_sum_to(mm_tensor *g, int ndim, const int64_t *shape);
+/* where(cond, a, b) with broadcasting, in the promoted dtype of a and b. */
+mm_tensor *mm_raw_where(mm_tensor *cond, mm_tensor *a, mm_tensor *b);
+
+#endif
