@@ -279,7 +279,7 @@ mm_bg_gather *mm_index_select_start(int n, mm_tensor *const *xs, mm_tensor *idx,
     /* The workers read the indices later: a private copy, so that writing
      * into idx meanwhile can neither race with them nor slip past the
      * range check. */
-    mm_tensor *own = mm_clone(g->ic);
+    mm_tensor *own = mm_raw_clone(g->ic);
     mm_tensor_release(g->ic);
     g->ic = own;
   }
