@@ -207,19 +207,28 @@ bench: deps all
 
 # ---- install ----------------------------------------------------------------
 PREFIX ?= /usr/local
-# microml.h and the op-family headers it includes.
-PUBLIC_H := runtime/microml.h runtime/reduce.h runtime/nnops.h runtime/linalg.h \
-            runtime/combine.h runtime/io.h runtime/optim.h runtime/viz.h
+# The public headers: microml.h (the umbrella), tensor.h and the op-family
+# headers it includes, under include/microml/ so that generic names such as
+# io.h cannot collide with other software.  A C program uses
+# #include <microml/microml.h>; the headers the runtime keeps to itself
+# (internal.h, autograd.h, iter.h, kernels) are not installed.
+PUBLIC_H := runtime/microml.h runtime/tensor.h runtime/reduce.h runtime/nnops.h \
+            runtime/linalg.h runtime/conv.h runtime/shape.h runtime/index.h runtime/io.h \
+            runtime/optim.h runtime/viz.h
 LUAVER := 5.4
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/lua/$(LUAVER)/microml \
-	  $(DESTDIR)$(PREFIX)/share/lua/$(LUAVER)/microml $(DESTDIR)$(PREFIX)/include \
-	  $(DESTDIR)$(PREFIX)/lib
+	  $(DESTDIR)$(PREFIX)/share/lua/$(LUAVER)/microml $(DESTDIR)$(PREFIX)/include/microml \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 755 $(PROGRAM) $(DESTDIR)$(PREFIX)/bin/microml
 	install -m 755 $(MODULE) $(DESTDIR)$(PREFIX)/lib/lua/$(LUAVER)/microml/core.so
 	install -m 644 $(LUA_SRC) $(DESTDIR)$(PREFIX)/share/lua/$(LUAVER)/microml/
-	install -m 644 $(PUBLIC_H) $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(PUBLIC_H) $(DESTDIR)$(PREFIX)/include/microml/
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libmicroml.a
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' '' \
+	  'Name: microml' 'Description: MicroML tensor, autograd and kernel runtime' \
+	  'Version: 0.1.0' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lmicroml' \
+	  'Libs.private: -lz -lm -pthread' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/microml.pc
 
 clean:
 	rm -rf build build-san build-tsan
