@@ -72,7 +72,6 @@ static int check_param(const char *op, const mm_tensor *param) {
 /* The kernels work on contiguous memory.  A gradient or parameter that is
  * a strided view is copied first; grad mode is off so the copy is never
  * recorded, whatever the caller's mode. */
-static mm_tensor *contiguous_unrecorded(mm_tensor *t) { return mm_raw_contiguous(t); }
 
 /* Runs body over [0, n) in blocks on the pool. */
 typedef struct {
@@ -100,9 +99,9 @@ static void parallel_elements(int64_t n, void (*body)(void *, int64_t, int64_t),
 typedef void (*apply_fn)(mm_tensor *p, mm_tensor *g, void *ctx);
 
 static int with_contiguous(mm_tensor *param, mm_tensor *grad, apply_fn apply, void *ctx) {
-  mm_tensor *g = contiguous_unrecorded(grad);
+  mm_tensor *g = mm_raw_contiguous(grad);
   if (!g) return -1;
-  mm_tensor *p = mm_is_contiguous(param) ? param : contiguous_unrecorded(param);
+  mm_tensor *p = mm_is_contiguous(param) ? param : mm_raw_contiguous(param);
   if (!p) { mm_tensor_release(g); return -1; }
   apply(p, g, ctx);
   int rc = 0;
@@ -472,7 +471,7 @@ int mm_norm_accumulate(mm_tensor *t, double p, double *out) {
     mm_set_error("norm_accumulate: expected a norm order p > 0, got %g", p);
     return -1;
   }
-  mm_tensor *c = contiguous_unrecorded(t);
+  mm_tensor *c = mm_raw_contiguous(t);
   if (!c) return -1;
   int64_t n = mm_numel(c);
   *out = c->dtype == MM_FLOAT32 ? norm_acc_f32(mm_data_ptr(c), n, p)
