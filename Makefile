@@ -113,7 +113,7 @@ $(PROGRAM): bindings/main.c bindings/*.h runtime/*.h $(BUILD)/embedded_lua.o $(B
 	  $(BIND_OBJ) $(LIB) $(LUA_LIB) -ledit $(LDLIBS) -ldl
 
 # ---- tests ------------------------------------------------------------------
-$(BUILD)/ctest/%: spec/c/%.c $(LIB) | $(BUILD)/ctest
+$(BUILD)/ctest/%: spec/c/%.c spec/c/check.h $(LIB) | $(BUILD)/ctest
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # Environment that lets the stock lua5.4 find the module in the build tree.

@@ -8,12 +8,7 @@
 
 #include "microml.h"
 
-static int passed, failed;
-#define CHECK(cond, what)                                                     \
-  do {                                                                        \
-    if (cond) passed++;                                                       \
-    else { failed++; printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what); }  \
-  } while (0)
+#include "check.h"
 
 int main(void) {
   mm_memory_stats st0;

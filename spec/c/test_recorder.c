@@ -12,12 +12,7 @@
 #include "autograd.h"
 #include "internal.h"
 
-static int passed, failed;
-#define CHECK(cond, what)                                                     \
-  do {                                                                        \
-    if (cond) passed++;                                                       \
-    else { failed++; printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what); }  \
-  } while (0)
+#include "check.h"
 
 /* ---- a wide op: out = sum_k w[k] * x_k over NIN inputs --------------------- */
 #define NIN 9
