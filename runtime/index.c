@@ -24,7 +24,7 @@
 
 /* ---- checks ---------------------------------------------------------------------- */
 
-static int check_index_dtype(const mm_tensor *idx, const char *op) {
+int mm_index_check_dtype(const mm_tensor *idx, const char *op) {
   if (idx->dtype != MM_INT64) {
     mm_set_error("%s: expected int64 indices, got %s (convert with :long())", op,
                  mm_dtype_name(idx->dtype));
@@ -56,7 +56,7 @@ static int check_range(const char *op, const int64_t *ix, int64_t n, int64_t siz
 typedef struct { int dim; int64_t base; } index_args;
 
 /* The index tensor as a contiguous array, checked; NULL on error. */
-static mm_tensor *checked_indices(mm_tensor *idx, int64_t size, int64_t base, const char *op,
+mm_tensor *mm_index_checked(mm_tensor *idx, int64_t size, int64_t base, const char *op,
                                   const char *what) {
   mm_tensor *c = mm_raw_contiguous(idx);
   if (c && check_range(op, mm_data_ptr(c), mm_numel(c), size, base, what) < 0) {
@@ -77,19 +77,11 @@ static int64_t prod(const int64_t *shape, int from, int to) {
 /* Below this many elements a kernel runs on the calling thread. */
 #define PARALLEL_MIN_ELEMS (1 << 15)
 
-typedef struct {
-  char *dst;
-  const char *src;
-  int64_t size, inner, k;       /* rows in the selected dim, row length, number of indices */
-  const int64_t *ix;
-  int64_t base;
-  size_t es;
-  mm_dtype dt;
-} rows_ctx;
+
 
 /* dst[o, k, :] = src[o, ix[k], :] for output rows r = o*K + k in [r0, r1). */
-static void gather_rows_task(void *vc, int64_t r0, int64_t r1) {
-  const rows_ctx *c = vc;
+void mm_index_rows_gather(void *vc, int64_t r0, int64_t r1) {
+  const mm_index_rows *c = vc;
   size_t row = (size_t)c->inner * c->es;
   for (int64_t r = r0; r < r1; r++) {
     int64_t o = r / c->k, j = r % c->k;
@@ -97,17 +89,17 @@ static void gather_rows_task(void *vc, int64_t r0, int64_t r1) {
   }
 }
 
-static void gather_rows(rows_ctx *c, int64_t outer) {
+static void gather_rows(mm_index_rows *c, int64_t outer) {
   int64_t rows = outer * c->k;
-  if (rows * c->inner < PARALLEL_MIN_ELEMS) gather_rows_task(c, 0, rows);
-  else mm_parallel_for(rows, gather_rows_task, c);
+  if (rows * c->inner < PARALLEL_MIN_ELEMS) mm_index_rows_gather(c, 0, rows);
+  else mm_parallel_for(rows, mm_index_rows_gather, c);
 }
 
 /* dst[o, ix[k], :] += src[o, k, :] for destination rows t = o*S + s in
  * [t0, t1).  Each task owns its destination rows and scans the indices in
  * order, so sums do not depend on how the rows are split across threads. */
 #define INDEX_ADD_TASK(SUF, T)                                                      \
-  static void index_add_task_##SUF(const rows_ctx *c, int64_t t0, int64_t t1) {     \
+  static void index_add_task_##SUF(const mm_index_rows *c, int64_t t0, int64_t t1) {     \
     const int64_t S = c->size, I = c->inner, K = c->k;                              \
     for (int64_t o = t0 / S; o * S < t1; o++) {                                     \
       int64_t lo = o * S < t0 ? t0 - o * S : 0, hi = t1 - o * S < S ? t1 - o * S : S; \
@@ -126,12 +118,12 @@ INDEX_ADD_TASK(f32, float)
 INDEX_ADD_TASK(f64, double)
 
 static void index_add_task(void *vc, int64_t t0, int64_t t1) {
-  const rows_ctx *c = vc;
+  const mm_index_rows *c = vc;
   if (c->dt == MM_FLOAT32) index_add_task_f32(c, t0, t1);
   else index_add_task_f64(c, t0, t1);
 }
 
-static void index_add_rows(rows_ctx *c, int64_t outer) {
+static void index_add_rows(mm_index_rows *c, int64_t outer) {
   int64_t rows = outer * c->size;
   if (rows == 0) return;
   if (outer * c->k * c->inner < PARALLEL_MIN_ELEMS) index_add_task(c, 0, rows);
@@ -145,7 +137,7 @@ static mm_tensor *rows_backward(mm_tensor *g, const mm_edge *e, int dim, mm_tens
   mm_tensor *gc = mm_raw_contiguous(g), *ic = mm_raw_contiguous(idx);
   mm_tensor *gx = gc && ic ? mm_tensor_zeros(g->dtype, e->ndim, e->shape) : NULL;
   if (gx) {
-    rows_ctx c = {mm_data_ptr(gx), mm_data_ptr(gc), e->shape[dim], prod(e->shape, dim + 1, e->ndim),
+    mm_index_rows c = {mm_data_ptr(gx), mm_data_ptr(gc), e->shape[dim], prod(e->shape, dim + 1, e->ndim),
                   mm_numel(ic), mm_data_ptr(ic), base, mm_dtype_size(g->dtype), g->dtype};
     index_add_rows(&c, prod(e->shape, 0, dim));
   }
@@ -170,21 +162,21 @@ mm_tensor *mm_index_select(mm_tensor *x, int dim, mm_tensor *idx, int64_t base) 
     return NULL;
   }
   if ((dim = mm_wrap_dim(dim, x->ndim, "index_select")) < 0) return NULL;
-  if (check_index_dtype(idx, "index_select") < 0) return NULL;
+  if (mm_index_check_dtype(idx, "index_select") < 0) return NULL;
   if (idx->ndim > 1) {
     mm_set_error("index_select: expected a 1-D index tensor, got shape %s",
                  mm_shape_str(idx->ndim, idx->shape, b, sizeof b));
     return NULL;
   }
   snprintf(what, sizeof what, "dimension %d of size %lld", dim + 1, (long long)x->shape[dim]);
-  mm_tensor *ic = checked_indices(idx, x->shape[dim], base, "index_select", what);
+  mm_tensor *ic = mm_index_checked(idx, x->shape[dim], base, "index_select", what);
   mm_tensor *xc = ic ? mm_raw_contiguous(x) : NULL;
   int64_t shape[MM_MAX_DIMS];
   memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
   shape[dim] = mm_numel(idx);
   mm_tensor *out = xc ? mm_tensor_empty(x->dtype, x->ndim, shape) : NULL;
   if (out) {
-    rows_ctx c = {mm_data_ptr(out), mm_data_ptr(xc), x->shape[dim], prod(x->shape, dim + 1, x->ndim),
+    mm_index_rows c = {mm_data_ptr(out), mm_data_ptr(xc), x->shape[dim], prod(x->shape, dim + 1, x->ndim),
                   shape[dim], mm_data_ptr(ic), base, mm_dtype_size(x->dtype), x->dtype};
     gather_rows(&c, prod(x->shape, 0, dim));
   }
@@ -194,140 +186,6 @@ mm_tensor *mm_index_select(mm_tensor *x, int dim, mm_tensor *idx, int64_t base) 
                                          index_select_backward};
   index_args a = {dim, base};
   return mm_record(out, &INDEX_SELECT, 1, &x, 1, &idx, &a, sizeof a);
-}
-
-/* ---- index_select in the background -------------------------------------------
- *
- * A DataLoader hands out batch b and at once asks for batch b+1 here: the
- * rows are copied by pool workers in time they would spend idle (while the
- * Lua code between kernels runs on the calling thread), and the next call
- * collects the result, copying whatever nobody has started yet itself.  A
- * shuffled batch is 128 random rows of a dataset much larger than the
- * caches, so the copy is a string of DRAM misses worth hiding. */
-/* Rows per background task.  A foreground job may wait for a worker to
- * finish its task, so tasks are short: at 2 rows (6 KiB of a Fashion-MNIST
- * batch) the 2-thread epoch measured 0.370 s, at 1 row 0.375, 4 rows 0.378,
- * 8 rows 0.382 (medians of 5 alternating runs' best epochs). */
-#define BG_ROWS 2
-
-struct mm_bg_gather {
-  int n;                        /* tensors */
-  mm_tensor *src[MM_BG_GATHER_MAX], *out[MM_BG_GATHER_MAX];
-  uint64_t version[MM_BG_GATHER_MAX];
-  rows_ctx c[MM_BG_GATHER_MAX];
-  int64_t first_task[MM_BG_GATHER_MAX + 1];
-  mm_tensor *ic;                /* the checked, contiguous indices */
-  uint64_t ticket;
-};
-
-static void bg_gather_task(void *vg, int64_t t0, int64_t t1) {
-  mm_bg_gather *g = vg;
-  for (int64_t t = t0; t < t1; t++) {
-    int k = 0;
-    while (t >= g->first_task[k + 1]) k++;
-    int64_t r0 = (t - g->first_task[k]) * BG_ROWS, r1 = r0 + BG_ROWS;
-    if (r1 > g->c[k].k) r1 = g->c[k].k;
-    gather_rows_task(&g->c[k], r0, r1);
-  }
-}
-
-int mm_bg_gather_count(const mm_bg_gather *g) { return g->n; }
-
-void mm_bg_gather_free(mm_bg_gather *g) {
-  if (!g) return;
-  mm_parallel_background_join(g->ticket);
-  for (int k = 0; k < g->n; k++) {
-    mm_tensor_release(g->src[k]);
-    mm_tensor_release(g->out[k]);
-  }
-  mm_tensor_release(g->ic);
-  free(g);
-}
-
-mm_bg_gather *mm_index_select_start(int n, mm_tensor *const *xs, mm_tensor *idx, int64_t base) {
-  char b[160], what[200];
-  if (n < 1 || n > MM_BG_GATHER_MAX) {
-    mm_set_error("index_select_start: expected 1 to %d tensors, got %d", MM_BG_GATHER_MAX, n);
-    return NULL;
-  }
-  if (check_index_dtype(idx, "index_select_start") < 0) return NULL;
-  if (idx->ndim != 1) {
-    mm_set_error("index_select_start: expected a 1-D index tensor, got shape %s",
-                 mm_shape_str(idx->ndim, idx->shape, b, sizeof b));
-    return NULL;
-  }
-  for (int k = 0; k < n; k++) {
-    if (xs[k]->ndim == 0) {
-      mm_set_error("index_select_start: expected tensors with at least 1 dimension, got a "
-                   "0-dimensional tensor (tensor %d)", k + 1);
-      return NULL;
-    }
-    if (xs[k]->shape[0] != xs[0]->shape[0]) {
-      mm_set_error("index_select_start: expected tensors of %lld rows like the first, got %lld "
-                   "(tensor %d)", (long long)xs[0]->shape[0], (long long)xs[k]->shape[0], k + 1);
-      return NULL;
-    }
-  }
-  mm_bg_gather *g = calloc(1, sizeof *g);
-  if (!g) {
-    mm_set_error("index_select_start: out of memory");
-    return NULL;
-  }
-  snprintf(what, sizeof what, "dimension 1 of size %lld", (long long)xs[0]->shape[0]);
-  g->ic = checked_indices(idx, xs[0]->shape[0], base, "index_select_start", what);
-  if (g->ic && g->ic->storage == idx->storage) {
-    /* The workers read the indices later: a private copy, so that writing
-     * into idx meanwhile can neither race with them nor slip past the
-     * range check. */
-    mm_tensor *own = mm_raw_clone(g->ic);
-    mm_tensor_release(g->ic);
-    g->ic = own;
-  }
-  if (!g->ic) { free(g); return NULL; }
-  int64_t rows = mm_numel(g->ic), ntasks = 0;
-  for (int k = 0; k < n; k++) {
-    mm_tensor *x = xs[k];
-    /* A source that needs its graph recorded, or is not one plain block,
-     * is gathered now, by the ordinary op. */
-    bool now = mm_needs_grad(1, &x) || !mm_is_contiguous(x);
-    g->first_task[k] = ntasks;
-    g->n = k + 1;
-    if (now) {
-      g->out[k] = mm_index_select(x, 0, idx, base);
-      if (!g->out[k]) { mm_bg_gather_free(g); return NULL; }
-      g->c[k].k = 0;
-      continue;
-    }
-    int64_t shape[MM_MAX_DIMS];
-    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-    shape[0] = rows;
-    g->out[k] = mm_tensor_empty(x->dtype, x->ndim, shape);
-    if (!g->out[k]) { mm_bg_gather_free(g); return NULL; }
-    mm_tensor_retain(x);
-    g->src[k] = x;
-    g->version[k] = x->storage->version;
-    g->c[k] = (rows_ctx){mm_data_ptr(g->out[k]), mm_data_ptr(x), x->shape[0],
-                         prod(x->shape, 1, x->ndim), rows, mm_data_ptr(g->ic), base,
-                         mm_dtype_size(x->dtype), x->dtype};
-    ntasks += (rows + BG_ROWS - 1) / BG_ROWS;
-  }
-  g->first_task[n] = ntasks;
-  g->ticket = mm_parallel_background(ntasks, bg_gather_task, g);
-  return g;
-}
-
-void mm_index_select_finish(mm_bg_gather *g, mm_tensor **out) {
-  mm_parallel_background_join(g->ticket);
-  g->ticket = 0;
-  for (int k = 0; k < g->n; k++) {
-    /* Written in place since the start (the copy may have seen either
-     * value): copy again, now that nothing else is reading. */
-    if (g->src[k] && g->src[k]->storage->version != g->version[k])
-      gather_rows_task(&g->c[k], 0, g->c[k].k);
-    out[k] = g->out[k];
-    g->out[k] = NULL;
-  }
-  mm_bg_gather_free(g);
 }
 
 /* ---- embedding ---------------------------------------------------------------------- */
@@ -344,7 +202,7 @@ mm_tensor *mm_embedding(mm_tensor *weight, mm_tensor *idx, int64_t base) {
                  mm_shape_str(weight->ndim, weight->shape, b, sizeof b));
     return NULL;
   }
-  if (check_index_dtype(idx, "embedding") < 0) return NULL;
+  if (mm_index_check_dtype(idx, "embedding") < 0) return NULL;
   if (idx->ndim >= MM_MAX_DIMS) {
     mm_set_error("embedding: expected indices with at most %d dimensions, got %d",
                  MM_MAX_DIMS - 1, idx->ndim);
@@ -353,14 +211,14 @@ mm_tensor *mm_embedding(mm_tensor *weight, mm_tensor *idx, int64_t base) {
   int64_t V = weight->shape[0], D = weight->shape[1];
   snprintf(what, sizeof what, "a weight of %lld rows (shape %s)", (long long)V,
            mm_shape_str(2, weight->shape, b, sizeof b));
-  mm_tensor *ic = checked_indices(idx, V, base, "embedding", what);
+  mm_tensor *ic = mm_index_checked(idx, V, base, "embedding", what);
   mm_tensor *wc = ic ? mm_raw_contiguous(weight) : NULL;
   int64_t shape[MM_MAX_DIMS];
   memcpy(shape, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
   shape[idx->ndim] = D;
   mm_tensor *out = wc ? mm_tensor_empty(weight->dtype, idx->ndim + 1, shape) : NULL;
   if (out) {
-    rows_ctx c = {mm_data_ptr(out), mm_data_ptr(wc), V, D, mm_numel(ic), mm_data_ptr(ic), base,
+    mm_index_rows c = {mm_data_ptr(out), mm_data_ptr(wc), V, D, mm_numel(ic), mm_data_ptr(ic), base,
                   mm_dtype_size(weight->dtype), weight->dtype};
     gather_rows(&c, 1);
   }
@@ -427,7 +285,7 @@ static int check_along_dim(const char *op, const mm_tensor *x, int *dim, const m
     return -1;
   }
   if ((*dim = mm_wrap_dim(*dim, x->ndim, op)) < 0) return -1;
-  if (check_index_dtype(idx, op) < 0) return -1;
+  if (mm_index_check_dtype(idx, op) < 0) return -1;
   bool fits = idx->ndim == x->ndim;
   for (int d = 0; fits && d < x->ndim; d++) fits = d == *dim || idx->shape[d] <= x->shape[d];
   if (!fits) {
@@ -460,7 +318,7 @@ mm_tensor *mm_gather(mm_tensor *x, int dim, mm_tensor *idx, int64_t base) {
   char what[200];
   if (check_along_dim("gather", x, &dim, idx) < 0) return NULL;
   snprintf(what, sizeof what, "dimension %d of size %lld", dim + 1, (long long)x->shape[dim]);
-  mm_tensor *ic = checked_indices(idx, x->shape[dim], base, "gather", what);
+  mm_tensor *ic = mm_index_checked(idx, x->shape[dim], base, "gather", what);
   mm_tensor *out = ic ? mm_tensor_empty(x->dtype, idx->ndim, idx->shape) : NULL;
   if (out) {
     walk w = {idx->ndim, dim, idx->shape, mm_data_ptr(ic), base, mm_data_ptr(out), out->stride,
@@ -515,7 +373,7 @@ mm_tensor *mm_scatter_add(mm_tensor *self, int dim, mm_tensor *idx, mm_tensor *s
     return NULL;
   }
   snprintf(what, sizeof what, "dimension %d of size %lld", dim + 1, (long long)self->shape[dim]);
-  mm_tensor *ic = checked_indices(idx, self->shape[dim], base, "scatter_add", what);
+  mm_tensor *ic = mm_index_checked(idx, self->shape[dim], base, "scatter_add", what);
   mm_tensor *out = ic ? mm_tensor_empty(self->dtype, self->ndim, self->shape) : NULL;
   if (out && mm_raw_copy_into(out, self, "scatter_add") < 0) { mm_tensor_release(out); out = NULL; }
   if (out) {
@@ -534,7 +392,7 @@ mm_tensor *mm_scatter_add(mm_tensor *self, int dim, mm_tensor *idx, mm_tensor *s
 
 mm_tensor *mm_one_hot(mm_tensor *idx, int64_t num_classes, int64_t base) {
   char what[120];
-  if (check_index_dtype(idx, "one_hot") < 0) return NULL;
+  if (mm_index_check_dtype(idx, "one_hot") < 0) return NULL;
   if (idx->ndim >= MM_MAX_DIMS) {
     mm_set_error("one_hot: expected indices with at most %d dimensions, got %d", MM_MAX_DIMS - 1,
                  idx->ndim);

@@ -66,4 +66,24 @@ mm_tensor *mm_raw_sum_to(mm_tensor *g, int ndim, const int64_t *shape);
 /* where(cond, a, b) with broadcasting, in the promoted dtype of a and b. */
 mm_tensor *mm_raw_where(mm_tensor *cond, mm_tensor *a, mm_tensor *b);
 
+/* ---- index rows (index.c), shared with the batch prefetch (prefetch.c) -- */
+/* dst[o, k, :] = src[o, ix[k] - base, :]: rows of `inner` elements. */
+typedef struct mm_index_rows {
+  char *dst;
+  const char *src;
+  int64_t size, inner, k;       /* rows in the selected dim, row length, number of indices */
+  const int64_t *ix;
+  int64_t base;
+  size_t es;
+  mm_dtype dt;
+} mm_index_rows;
+/* Copies output rows [r0, r1) (r = o*k + j); an mm_parallel_fn. */
+void mm_index_rows_gather(void *rows, int64_t r0, int64_t r1);
+/* 0, or -1 with a message naming op when idx is not int64. */
+int mm_index_check_dtype(const mm_tensor *idx, const char *op);
+/* idx as a contiguous array with every index in base..base+size-1 (a new
+   reference), or NULL with a message naming op and `what` (the dimension). */
+mm_tensor *mm_index_checked(mm_tensor *idx, int64_t size, int64_t base, const char *op,
+                            const char *what);
+
 #endif
