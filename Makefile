@@ -3,7 +3,9 @@
 #   make            runtime (build/libmicroml.a), Lua module (build/lua/microml/core.so),
 #                   the `microml` program (build/microml)
 #   make deps       install missing Debian packages (cheap check first)
-#   make test       C tests + busted specs (both GEMM paths)
+#   make test       layer checks + C tests + busted specs (both GEMM paths)
+#   make check-layers  no cycle between the objects of runtime/ and of bindings/,
+#                   none between headers; bindings include only microml.h
 #   make train      the main job: examples/train.lua
 #   make bench      benchmarks side by side with OpenBLAS / PyTorch
 #   make install PREFIX=/usr/local
@@ -62,7 +64,7 @@ LIB      := $(BUILD)/libmicroml.a
 MODULE   := $(BUILD)/lua/microml/core.so
 PROGRAM  := $(BUILD)/microml
 
-.PHONY: all deps deps-core deps-checks fuzz-run test ctest spec train bench install clean sanitize tsan tsan-run fuzz
+.PHONY: all deps deps-core deps-checks fuzz-run test ctest spec check-layers train bench install clean sanitize tsan tsan-run fuzz
 all: $(LIB) $(MODULE) $(PROGRAM)
 
 deps:
@@ -144,7 +146,17 @@ spec: all
 
 test: deps-core
 	@$(MAKE) --no-print-directory all $(CTESTS)
-	@$(MAKE) --no-print-directory ctest spec
+	@$(MAKE) --no-print-directory check-layers ctest spec
+
+# Layering (tools/check_layers.sh, tools/check_includes.sh): within runtime/
+# and within bindings/ (helpers <- Tensor class, families <- module entry)
+# no object calls into an object that calls back; no header cycle; the
+# bindings see the runtime only through microml.h.  The object lists, not
+# the directories, so that objects of deleted sources are not counted.
+check-layers: all
+	@tools/check_layers.sh $(RT_OBJ)
+	@tools/check_layers.sh $(BIND_OBJ)
+	@tools/check_includes.sh
 
 # The whole suite under ASan+UBSan with LeakSanitizer on (see SAN_ENV).
 sanitize:

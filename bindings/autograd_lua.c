@@ -1,5 +1,5 @@
 /* autograd_lua.c — backward, grad mode, detach and retain_grad for Lua. */
-#include "microml_lua.h"
+#include "lua_helpers.h"
 
 /* t:backward([grad] [, {retain_graph = bool}]) */
 static int m_backward(lua_State *L) {

@@ -8,7 +8,7 @@
  * views. */
 #include <stdlib.h>
 
-#include "microml_lua.h"
+#include "lua_helpers.h"
 
 /* A Lua dim for an op whose tensor count or rank the C side resolves
  * (cat/stack): 1-based to 0-based, negatives passed through; the runtime

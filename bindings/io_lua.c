@@ -20,7 +20,7 @@
 
 #include <lualib.h>
 
-#include "microml_lua.h"
+#include "lua_helpers.h"
 
 #define CHECKPOINT_MT "microml.checkpoint"
 

@@ -7,7 +7,7 @@
  * Window sizes (kernel, stride, padding) are a number for both spatial dims
  * or a table {h, w}.  Range checks are the runtime's, so C callers get the
  * same messages. */
-#include "microml_lua.h"
+#include "lua_helpers.h"
 
 /* A tensor argument that may be nil (the optional biases). */
 static mm_tensor *opt_tensor(lua_State *L, int idx) {

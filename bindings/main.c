@@ -32,7 +32,8 @@
 
 #include <editline/readline.h>
 
-#include "microml_lua.h"
+#include "microml.h"
+#include "module.h"
 
 #ifndef MM_VERSION
 #define MM_VERSION "0.1.0"

@@ -14,7 +14,7 @@
  * {reductoin = "sum"} is an error instead of a silently ignored option. */
 #include <string.h>
 
-#include "microml_lua.h"
+#include "lua_helpers.h"
 
 static int l_softmax(lua_State *L) {
   mm_tensor *x = mm_lua_check(L, 1);

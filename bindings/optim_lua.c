@@ -13,7 +13,7 @@
  *   mm._norm_accumulate(t, p) -> sum |t|^p as a number (max |t| for p = math.huge)
  *
  * The step functions update p and the state in place and return nothing. */
-#include "microml_lua.h"
+#include "lua_helpers.h"
 
 static mm_tensor *opt_tensor(lua_State *L, int idx) {
   return lua_isnoneornil(L, idx) ? NULL : mm_lua_check(L, idx);

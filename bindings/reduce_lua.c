@@ -13,7 +13,7 @@
  * A missing or nil dim reduces every element.  Dims are 1-based (negative
  * from the end); keepdim and unbiased must be booleans when given, so that a
  * misplaced number is an error rather than a silent "true". */
-#include "microml_lua.h"
+#include "lua_helpers.h"
 
 static bool opt_boolean(lua_State *L, int idx, bool def) {
   if (lua_isnoneornil(L, idx)) return def;

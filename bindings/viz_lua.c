@@ -13,7 +13,7 @@
  * arguments leaks nothing; every check happens before the runtime call. */
 #include <stdlib.h>
 
-#include "microml_lua.h"
+#include "lua_helpers.h"
 
 static void *scratch(lua_State *L, size_t n, size_t size) {
   return lua_newuserdatauv(L, (n ? n : 1) * size, 0);

@@ -1,205 +1,18 @@
-/* tensor_lua.c — the Tensor userdata: lifetime, creation, shape and view
- * methods, data access, elementwise arithmetic and the metamethods, and the
- * module table `microml.core`.
+/* tensor_class.c — the Tensor userdata class: lifetime, creation, shape
+ * and view methods, data access, elementwise arithmetic and the
+ * metamethods.  mm_lua_open_tensor registers them (families.h).
  *
- * A userdata box holds one reference to an mm_tensor.  __gc, __close and
- * :free() share one idempotent release; a freed box raises a clear error on
- * use.  Every new storage is reported to Lua's collector as debt, so tensor
- * bytes it cannot see still pace its cycles. */
+ * A userdata box (lua_helpers.h) holds one reference to an mm_tensor.
+ * __gc, __close and :free() share one idempotent release; a freed box raises
+ * a clear error on use. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "microml_lua.h"
+#include "lua_helpers.h"
 
-typedef struct { mm_tensor *t; } tensor_box;
-
+/* The methods table, for __index (held in the registry). */
 static int methods_ref = LUA_NOREF;
-
-/* ---- helpers -------------------------------------------------------------- */
-
-int mm_lua_error(lua_State *L) { return luaL_error(L, "%s", mm_error()); }
-
-/* Recognising a tensor is on every op's path, several times per call.
- * luaL_testudata finds the metatable by name (a string lookup with a
- * strcmp) each time; instead the address of the Tensor metatable, cached
- * when the module opens, is compared with the value's metatable — about a
- * fifth of the cost of a one-element `a + b` before.  A second Lua state
- * that opened the module has its own metatable and takes the named lookup;
- * the cache is cleared when its state closes (pool_guard_gc). */
-static const void *tensor_mt;
-static int tensor_mt_ref = LUA_NOREF;
-
-static tensor_box *test_box(lua_State *L, int idx) {
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
-  bool ours = tensor_mt && lua_topointer(L, -1) == tensor_mt;
-  lua_pop(L, 1);
-  return ours ? lua_touserdata(L, idx) : luaL_testudata(L, idx, MM_TENSOR_MT);
-}
-
-mm_tensor *mm_lua_test(lua_State *L, int idx) {
-  tensor_box *b = test_box(L, idx);
-  if (b && !b->t) luaL_argerror(L, idx, "tensor has been freed (used after :free() or <close>)");
-  return b ? b->t : NULL;
-}
-
-mm_tensor *mm_lua_check(lua_State *L, int idx) {
-  tensor_box *b = test_box(L, idx);
-  if (!b) luaL_typeerror(L, idx, "Tensor");
-  if (!b->t) luaL_argerror(L, idx, "tensor has been freed (used after :free() or <close>)");
-  return b->t;
-}
-
-/* Collector pacing: storages are invisible to Lua's allocator, so report
- * them in batches as if Lua had allocated them itself. */
-static void report_debt(lua_State *L) {
-  static uint64_t pending;
-  pending += mm_take_alloc_debt();
-  if (pending >= (1u << 20)) {
-    lua_gc(L, LUA_GCSTEP, (int)(pending >> 10 > 1u << 30 ? 1u << 30 : pending >> 10));
-    pending = 0;
-  }
-}
-
-int mm_lua_push(lua_State *L, mm_tensor *t) {
-  if (!t) return mm_lua_error(L);
-  tensor_box *b = lua_newuserdatauv(L, sizeof *b, 0);
-  b->t = NULL;
-  if (lua_rawgeti(L, LUA_REGISTRYINDEX, tensor_mt_ref) == LUA_TTABLE &&
-      lua_topointer(L, -1) == tensor_mt) {
-    lua_setmetatable(L, -2);
-  } else {   /* another state: the ref may name something else there */
-    lua_pop(L, 1);
-    luaL_setmetatable(L, MM_TENSOR_MT);
-  }
-  b->t = t;
-  report_debt(L);
-  return 1;
-}
-
-int64_t mm_lua_check_int(lua_State *L, int idx) {
-  int ok;
-  lua_Integer v = lua_tointegerx(L, idx, &ok);
-  if (!ok) {
-    if (lua_type(L, idx) == LUA_TNUMBER)
-      luaL_argerror(L, idx, lua_pushfstring(L, "expected an integer, got %f", lua_tonumber(L, idx)));
-    luaL_typeerror(L, idx, "integer");
-  }
-  return (int64_t)v;
-}
-
-int mm_lua_check_dim(lua_State *L, int idx, int ndim) {
-  int64_t d = mm_lua_check_int(L, idx);
-  int n = ndim > 0 ? ndim : 1;
-  if (d == 0 || d > n || d < -n)
-    luaL_argerror(L, idx, lua_pushfstring(L, "dimension out of range (expected 1..%d or -%d..-1, got %d)",
-                                          n, n, (int)(d > INT32_MAX || d < INT32_MIN ? 0 : d)));
-  return d > 0 ? (int)d - 1 : (int)d + n;
-}
-
-int mm_lua_opt_dim(lua_State *L, int idx, int ndim, int def) {
-  return lua_isnoneornil(L, idx) ? def : mm_lua_check_dim(L, idx, ndim);
-}
-
-static bool is_sequence_table(lua_State *L, int idx) {
-  if (!lua_istable(L, idx)) return false;
-  lua_rawgeti(L, idx, 1);
-  bool seq = !lua_isnil(L, -1);
-  lua_pop(L, 1);
-  return seq || lua_rawlen(L, idx) > 0 || (lua_pushnil(L), lua_next(L, idx) == 0 ? true : (lua_pop(L, 2), false));
-}
-
-int mm_lua_check_shape(lua_State *L, int idx, int64_t *shape, int *next_idx) {
-  int nd = 0;
-  if (lua_istable(L, idx) && is_sequence_table(L, idx)) {
-    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
-    if (n > MM_MAX_DIMS)
-      luaL_argerror(L, idx, lua_pushfstring(L, "expected at most %d sizes, got %d", MM_MAX_DIMS, (int)n));
-    for (lua_Integer i = 1; i <= n; i++) {
-      lua_rawgeti(L, idx, i);
-      int ok;
-      lua_Integer v = lua_tointegerx(L, -1, &ok);
-      if (!ok)
-        luaL_argerror(L, idx, lua_pushfstring(L, "size %d must be an integer, got %s", (int)i,
-                                              lua_type(L, -1) == LUA_TNUMBER
-                                                  ? lua_pushfstring(L, "%f", lua_tonumber(L, -1))
-                                                  : luaL_typename(L, -1)));
-      if (v < 0)
-        luaL_argerror(L, idx, lua_pushfstring(L, "size %d must be >= 0, got %I", (int)i, v));
-      shape[nd++] = v;
-      lua_pop(L, 1);
-    }
-    if (next_idx) *next_idx = idx + 1;
-    return nd;
-  }
-  int top = lua_gettop(L);
-  while (idx <= top && lua_type(L, idx) == LUA_TNUMBER) {
-    if (nd == MM_MAX_DIMS) luaL_argerror(L, idx, "too many dimensions");
-    int64_t v = mm_lua_check_int(L, idx);
-    if (v < 0) luaL_argerror(L, idx, lua_pushfstring(L, "expected a size >= 0, got %I", (lua_Integer)v));
-    shape[nd++] = v;
-    idx++;
-  }
-  if (next_idx) *next_idx = idx;
-  return nd;
-}
-
-/* An options table is only ever an actual argument: idx outside the
- * arguments means "no options". */
-static bool has_opts(lua_State *L, int idx) {
-  return idx > 0 && idx <= lua_gettop(L) && lua_istable(L, idx);
-}
-
-mm_dtype mm_lua_opt_dtype(lua_State *L, int idx, mm_dtype def) {
-  if (!has_opts(L, idx)) return def;
-  lua_getfield(L, idx, "dtype");
-  mm_dtype dt = def;
-  if (!lua_isnil(L, -1)) {
-    const char *name = lua_tostring(L, -1);
-    if (!name || mm_dtype_from_name(name, &dt) < 0)
-      luaL_error(L, "unknown dtype '%s' (expected float32, float64 or int64)",
-                 name ? name : luaL_typename(L, -1));
-  }
-  lua_pop(L, 1);
-  return dt;
-}
-
-bool mm_lua_opt_bool(lua_State *L, int idx, const char *field, bool def) {
-  if (!has_opts(L, idx)) return def;
-  lua_getfield(L, idx, field);
-  bool v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
-mm_tensor *mm_lua_check_tensor_or_number(lua_State *L, int idx, const mm_tensor *like) {
-  mm_tensor *t = mm_lua_test(L, idx);
-  if (t) {
-    if (!t) luaL_argerror(L, idx, "tensor has been freed");
-    mm_tensor_retain(t);
-    return t;
-  }
-  if (lua_type(L, idx) != LUA_TNUMBER) luaL_typeerror(L, idx, "Tensor or number");
-  mm_dtype dt = like ? like->dtype : MM_FLOAT32;
-  if (lua_isinteger(L, idx) == 0 && dt == MM_INT64) dt = MM_FLOAT32;
-  mm_tensor *s = mm_tensor_scalar(dt, lua_tonumber(L, idx));
-  if (!s) mm_lua_error(L);
-  return s;
-}
-
-void mm_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_Reg *fns,
-                     bool as_function, bool as_method) {
-  for (; fns->name; fns++) {
-    if (as_function) {
-      lua_pushcfunction(L, fns->func);
-      lua_setfield(L, module_idx, fns->name);
-    }
-    if (as_method) {
-      lua_pushcfunction(L, fns->func);
-      lua_setfield(L, methods_idx, fns->name);
-    }
-  }
-}
 
 /* Applies requires_grad from an options table to a fresh leaf. */
 static void apply_requires_grad(lua_State *L, int opts, mm_tensor *t) {
@@ -211,7 +24,7 @@ static void apply_requires_grad(lua_State *L, int opts, mm_tensor *t) {
 /* ---- lifetime --------------------------------------------------------------- */
 
 static int t_release(lua_State *L) {
-  tensor_box *b = test_box(L, 1);
+  mm_lua_box *b = mm_lua_test_box(L, 1);
   if (!b) return luaL_typeerror(L, 1, "Tensor");
   if (b->t) {
     mm_tensor_release(b->t);
@@ -319,7 +132,7 @@ static int l_full(lua_State *L) {
   int top = lua_gettop(L), vidx = top;
   /* index 0 is not a valid stack slot: check the count first */
   if (top < 1) return luaL_error(L, "full: expected sizes and a fill value, got no arguments");
-  if (lua_istable(L, top) && !is_sequence_table(L, top)) vidx = top - 1;
+  if (lua_istable(L, top) && !mm_lua_is_sequence(L, top)) vidx = top - 1;
   if (vidx < 1) return luaL_error(L, "full: expected sizes and a fill value, got only options");
   double v = luaL_checknumber(L, vidx);
   int64_t shape[MM_MAX_DIMS];
@@ -515,7 +328,7 @@ static int l_set_memory_limit(lua_State *L) {
 }
 
 static int l_is_tensor(lua_State *L) {
-  lua_pushboolean(L, test_box(L, 1) != NULL);
+  lua_pushboolean(L, mm_lua_test_box(L, 1) != NULL);
   return 1;
 }
 
@@ -871,7 +684,7 @@ static int m_masked_fill(lua_State *L) {
 /* ---- metamethods -------------------------------------------------------------------------- */
 
 static int mt_tostring(lua_State *L) {
-  tensor_box *b = luaL_checkudata(L, 1, MM_TENSOR_MT);
+  mm_lua_box *b = luaL_checkudata(L, 1, MM_TENSOR_MT);
   if (!b->t) { lua_pushstring(L, "tensor(<freed>)"); return 1; }
   char *s = mm_tensor_format(b->t);
   if (!s) return mm_lua_error(L);
@@ -889,7 +702,7 @@ static int mt_len(lua_State *L) {
 
 /* t[i] selects along dim 1; strings reach methods and attributes. */
 static int mt_index(lua_State *L) {
-  if (!test_box(L, 1)) luaL_typeerror(L, 1, "Tensor");
+  if (!mm_lua_test_box(L, 1)) luaL_typeerror(L, 1, "Tensor");
   if (lua_type(L, 2) == LUA_TSTRING) {
     /* Methods resolve even on a freed tensor, so :free() stays idempotent;
      * each method checks its own arguments. */
@@ -1003,57 +816,16 @@ static const luaL_Reg metamethods[] = {
   {"__mul", m_mul}, {"__div", m_div}, {"__pow", m_pow}, {"__unm", m_neg},
   {NULL, NULL}};
 
-/* The worker threads live in this shared object.  When the Lua state
- * closes, the library may be unloaded while they wait on a condition
- * variable, so they are joined first by a finaliser set after the one that
- * unloads the library (Lua runs finalisers in reverse order of marking). */
-static int pool_guard_gc(lua_State *L) {
-  luaL_getmetatable(L, MM_TENSOR_MT);
-  if (lua_topointer(L, -1) == tensor_mt) tensor_mt = NULL;   /* this state's: about to go */
-  lua_pop(L, 1);
-  mm_parallel_shutdown();
-  /* The size-class cache lives in this object too: once it is unloaded the
-   * cached blocks are unreachable (LeakSanitizer counts them), so hand them
-   * back.  Every tensor box has been finalised by now. */
-  mm_empty_cache();
-  return 0;
-}
-
-static void anchor_pool_guard(lua_State *L) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "microml.pool_guard") != LUA_TNIL) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_pop(L, 1);
-  lua_newuserdatauv(L, 1, 0);
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, pool_guard_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  lua_setfield(L, LUA_REGISTRYINDEX, "microml.pool_guard");
-}
-
-int luaopen_microml_core(lua_State *L) {
-  anchor_pool_guard(L);
-  lua_newtable(L);                         /* module */
-  int module = lua_gettop(L);
-  lua_newtable(L);                         /* methods */
-  int meth = lua_gettop(L);
+/* Creates the Tensor metatable (the cached one of lua_helpers.c) and adds
+ * the creation functions, the shared functions/methods and the methods. */
+void mm_lua_open_tensor(lua_State *L, int module, int meth) {
   luaL_newmetatable(L, MM_TENSOR_MT);
   luaL_setfuncs(L, metamethods, 0);
-  tensor_mt = lua_topointer(L, -1);
-  tensor_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  mm_lua_set_tensor_metatable(L, -1);
+  lua_pop(L, 1);
   mm_lua_register(L, module, meth, functions, true, false);
   mm_lua_register(L, module, meth, shared, true, true);
   mm_lua_register(L, module, meth, methods, false, true);
-  mm_lua_open_autograd(L, module, meth);
-  mm_lua_open_ops(L, module, meth);
   lua_pushvalue(L, meth);
   methods_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_pushvalue(L, meth);
-  lua_setfield(L, module, "Tensor");       /* so Lua code can add methods */
-  lua_pushstring(L, MM_VERSION);
-  lua_setfield(L, module, "version");
-  lua_settop(L, module);
-  return 1;
 }
