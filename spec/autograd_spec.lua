@@ -1,10 +1,10 @@
--- The autograd engine, and gradient checks of elementwise ops and views.
+-- The autograd engine: graphs that branch and join, gradient accumulation
+-- across calls and into leaves, no_grad, detach, retain_grad/retain_graph,
+-- version checks on in-place writes, deep chains, broadcast inputs, and
+-- mm.gradcheck itself.  The float64 gradient checks of each op live in the
+-- spec file of that op (pointwise, views, reductions, nnops, linalg, ...).
 local H = require "helpers"
 local mm = H.mm
-
--- (a vararg followed by more arguments would be cut to its first value)
-local function f64(...) return mm.randn({ ... }, { dtype = "float64", requires_grad = true }) end
-local function pos64(...) return (mm.rand({ ... }, { dtype = "float64" }) + 0.5):requires_grad_() end
 
 describe("autograd engine", function()
   before_each(function() mm.manual_seed(7) end)
@@ -134,101 +134,6 @@ describe("autograd engine", function()
     local t = mm.tensor({ 1, 2 })
     H.error_with(function() t.requires_grad = true end, "int64")
   end)
-end)
-
-describe("gradcheck (float64 finite differences)", function()
-  before_each(function() mm.manual_seed(11) end)
-
-  it("detects a wrong gradient", function()
-    -- an op whose backward is deliberately inconsistent: detach half the path
-    local x = f64(3)
-    local ok, msg = mm.gradcheck(function(a) return a * a:detach() end, { x }, { raise = false })
-    assert.is_false(ok)
-    assert.truthy(msg:find("analytic", 1, true))
-  end)
-
-  local binary = {
-    add = function(a, b) return a + b end,
-    sub = function(a, b) return a - b end,
-    mul = function(a, b) return a * b end,
-    div = function(a, b) return a / b end,
-    maximum = function(a, b) return mm.maximum(a, b) end,
-    minimum = function(a, b) return mm.minimum(a, b) end,
-  }
-  for name, f in pairs(binary) do
-    it(name .. " with broadcasting, size-1 dims and non-contiguous inputs", function()
-      assert.is_true(mm.gradcheck(f, { f64(3, 4), pos64(4) }))
-      assert.is_true(mm.gradcheck(f, { f64(2, 1, 3), pos64(4, 1) }))
-      local base = f64(4, 3)
-      assert.is_true(mm.gradcheck(function(a, b) return f(a:t(), b) end, { base, pos64(3, 4) }))
-      assert.is_true(mm.gradcheck(function(a, b) return f(a:narrow(1, 2, 2), b) end, { base, pos64(1, 3) }))
-      assert.is_true(mm.gradcheck(function(a, b) return f(a:expand(2, 4, 3), b) end, { base, pos64(3) }))
-    end)
-  end
-
-  it("pow with tensor and scalar exponents, and 0^b", function()
-    assert.is_true(mm.gradcheck(function(a, b) return a ^ b end, { pos64(3, 2), f64(2) }))
-    assert.is_true(mm.gradcheck(function(a) return a ^ 3 end, { f64(4) }))
-    assert.is_true(mm.gradcheck(function(b) return 2 ^ b end, { f64(4) }))
-    local z = mm.zeros(2, { dtype = "float64", requires_grad = true })
-    local b = mm.tensor({ 2.0, 3.0 }, { dtype = "float64", requires_grad = true })
-    local y = z ^ b
-    y:backward(mm.ones(2, { dtype = "float64" }))
-    H.assert_close(b.grad, { 0, 0 })  -- not NaN: the limit at a = 0
-  end)
-
-  local unary = {
-    neg = function(a) return -a end, exp = function(a) return a:exp() end,
-    tanh = function(a) return a:tanh() end, sigmoid = function(a) return a:sigmoid() end,
-    sin = function(a) return a:sin() end, cos = function(a) return a:cos() end,
-    silu = function(a) return a:silu() end, gelu = function(a) return a:gelu() end,
-    gelu_tanh = function(a) return a:gelu("tanh") end,
-  }
-  for name, f in pairs(unary) do
-    it(name, function()
-      assert.is_true(mm.gradcheck(f, { f64(3, 4) }))
-      local b = f64(4, 3)
-      assert.is_true(mm.gradcheck(function(a) return f(a:t()) end, { b }))
-    end)
-  end
-
-  it("ops defined on positive inputs: log, log1p, sqrt, rsqrt, abs, relu", function()
-    for _, f in ipairs({
-      function(a) return a:log() end, function(a) return a:log1p() end,
-      function(a) return a:sqrt() end, function(a) return a:rsqrt() end,
-    }) do
-      assert.is_true(mm.gradcheck(f, { pos64(3, 2) }))
-    end
-    -- abs and relu away from the kink at 0
-    local x = mm.tensor({ -1.5, -0.3, 0.4, 2.0 }, { dtype = "float64", requires_grad = true })
-    assert.is_true(mm.gradcheck(function(a) return a:abs() end, { x }))
-    assert.is_true(mm.gradcheck(function(a) return a:relu() end, { x }))
-  end)
-
-  it("where and masked_fill route gradients by the mask", function()
-    local a, b = f64(3, 4), f64(4)
-    local cond = mm.randn(3, 4):gt(0)
-    assert.is_true(mm.gradcheck(function(x, y) return mm.where(cond, x, y) end, { a, b }))
-    assert.is_true(mm.gradcheck(function(x) return x:masked_fill(cond, 0.5) end, { a }))
-  end)
-
-  it("views: reshape, view, transpose, permute, narrow, select, expand, squeeze, unsqueeze", function()
-    local x = f64(2, 3, 4)
-    local views = {
-      function(a) return a:reshape(4, 6) end, function(a) return a:view(-1) end,
-      function(a) return a:transpose(1, 3) end, function(a) return a:permute(3, 1, 2) end,
-      function(a) return a:narrow(3, 2, 2) end, function(a) return a:select(2, -1) end,
-      function(a) return a:unsqueeze(2):expand(2, 5, 3, 4) end,
-      function(a) return a:narrow(1, 1, 1):squeeze(1) end,
-      function(a) return a:transpose(1, 2):reshape(3, 8) end,
-      function(a) return a:contiguous():clone():flatten(2) end,
-      function(a) return a:double() * 1 end,
-    }
-    for i, f in ipairs(views) do
-      local ok, msg = mm.gradcheck(f, { x }, { raise = false })
-      assert(ok, ("view #%d: %s"):format(i, tostring(msg)))
-    end
-  end)
 
   it("a float32 input through a float64 graph gets a float32 gradient", function()
     local x = mm.ones(2, { requires_grad = true })
@@ -236,5 +141,47 @@ describe("gradcheck (float64 finite differences)", function()
     y:backward(mm.ones(2, { dtype = "float64" }))
     assert.are.equal("float32", x.grad:dtype())
     H.assert_close(x.grad, { 2, 3 })
+  end)
+end)
+
+describe("gradcheck (float64 finite differences)", function()
+  before_each(function() mm.manual_seed(11) end)
+
+  it("detects a wrong gradient", function()
+    -- an op whose backward is deliberately inconsistent: detach half the path
+    local x = H.leaf(3)
+    local ok, msg = mm.gradcheck(function(a) return a * a:detach() end, { x }, { raise = false })
+    assert.is_false(ok)
+    assert.truthy(msg:find("analytic", 1, true))
+  end)
+end)
+
+describe("leaf gradients", function()
+  it("never alias a tensor the caller holds", function()
+    local x = mm.tensor({ 1.0, 2.0 }):requires_grad_()
+    local g = mm.tensor({ 5.0, 7.0 })
+    local y = x + 0
+    y:backward(g)
+    g:fill_(0)
+    assert.are.same({ 5, 7 }, H.values(x.grad))
+  end)
+
+  it("stay separate when one gradient flows to two leaves", function()
+    local x, y = mm.tensor({ 1.0, 2.0 }):requires_grad_(), mm.tensor({ 3.0, 4.0 }):requires_grad_()
+    local z = (x + y) * 2
+    z:sum():backward()
+    x.grad:add_(1)
+    assert.are.same({ 3, 3 }, H.values(x.grad))
+    assert.are.same({ 2, 2 }, H.values(y.grad))
+  end)
+
+  it("accumulate over backward calls after taking over the first", function()
+    local w = mm.tensor({ { 1.0, 2.0 }, { 3.0, 4.0 } }):requires_grad_()
+    local x = mm.tensor({ { 1.0, 1.0 } })
+    mm.linear(x, w, nil):sum():backward()
+    local first = w.grad
+    mm.linear(x, w, nil):sum():backward()
+    assert.are.same({ 2, 2, 2, 2 }, H.values(w.grad))
+    assert.are.same({ 2, 2, 2, 2 }, H.values(first))   -- the same tensor, added in place
   end)
 end)

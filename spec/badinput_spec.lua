@@ -1,5 +1,7 @@
 -- badinput_spec.lua — every public function of the Lua API, called with bad
--- input (owner Rel).
+-- input (owner Rel); then the error messages of common mistakes (sizes,
+-- dims, indices, shapes, argument types, non-tensors), which must say what
+-- was expected and what was given.
 --
 -- The walk takes the functions from the module table, the Tensor methods
 -- table and the nn/optim/data/viz tables, and calls each with wrong types,
@@ -14,6 +16,7 @@
 -- MICROML_BADINPUT_TRACE=1 prints every call to stderr before making it,
 -- which finds the call that crashed.
 local mm = require "microml"
+local H = require "helpers"
 
 local TRACE = os.getenv("MICROML_BADINPUT_TRACE")
 -- MICROML_BADINPUT_ONLY=pattern walks only the functions whose names match.
@@ -295,5 +298,86 @@ describe("bad input", function()
     local b = (a:matmul(a) + 1):sum()
     assert.is_true(mm.is_tensor(b))
     assert.is_true(mm.get_num_threads() >= 1)
+  end)
+end)
+
+describe("error messages", function()
+  it("sizes: negative, non-integer, too large to allocate, too many dims", function()
+    H.error_with(function() mm.zeros(2, -3) end, ">= 0", "-3")
+    H.error_with(function() mm.zeros(2.5) end, "integer", "2.5")
+    H.error_with(function() mm.zeros({ 2, "x" }) end, "size 2 must be an integer")
+    H.error_with(function() mm.zeros(1e6, 1e6) end, "cannot allocate 4000000000000 bytes")
+    H.error_with(function() mm.zeros(2 ^ 30, 2 ^ 30) end, "too many elements")
+    H.error_with(function() mm.zeros(1, 1, 1, 1, 1, 1, 1, 1, 1) end, "too many dimensions")
+    H.error_with(function() mm.zeros(2 ^ 22, 2 ^ 21) end, "cannot allocate")
+  end)
+
+  it("dims out of range name the valid range", function()
+    local t = mm.zeros(2, 3)
+    H.error_with(function() t:transpose(1, 3) end, "expected 1..2 or -2..-1, got 3")
+    H.error_with(function() t:size(0) end, "dimension out of range")
+    H.error_with(function() t:select(-3, 1) end, "expected 1..2")
+    H.error_with(function() t:unsqueeze(4) end, "expected 1..3")
+  end)
+
+  it("indices out of range name the valid range", function()
+    local t = mm.zeros(2, 3)
+    H.error_with(function() return t[3] end, "index 3 is out of range", "size 2", "1..2")
+    H.error_with(function() return t[0] end, "index 0", "1-based")
+    H.error_with(function() t[5] = 1 end, "out of range")
+    H.error_with(function() t:narrow(2, 3, 2) end, "out of bounds", "size 3")
+    H.error_with(function() t:_get(7) end, "1..6")
+  end)
+
+  it("shape errors name both shapes", function()
+    local t = mm.zeros(2, 3)
+    H.error_with(function() t:reshape(4, 2) end, "(4, 2)", "(2, 3)")
+    H.error_with(function() t:reshape(-1, -1) end, "only one dimension can be -1")
+    H.error_with(function() t:expand(4, 4) end, "cannot expand shape (2, 3) to (4, 4)")
+    H.error_with(function() t:copy_(mm.zeros(4)) end, "(4)", "(2, 3)")
+    H.error_with(function() t:permute(1, 1) end, "twice")
+    H.error_with(function() t:item() end, "one element", "(2, 3)")
+  end)
+
+  it("wrong argument types", function()
+    H.error_with(function() return mm.zeros(2) + "a" end, "Tensor or number")
+    H.error_with(function() return mm.zeros(2):reshape("a") end, "integer")
+    H.error_with(function() mm.zeros(2, { dtype = "float16" }) end, "unknown dtype 'float16'")
+    H.error_with(function() mm.zeros(2):to("complex") end, "unknown dtype")
+    H.error_with(function() mm.ones(2).foo = 1 end, "cannot set field 'foo'")
+    H.error_with(function() mm.tensor({ 1, 2 }):exp() end, "float32 or float64", "int64")
+    H.error_with(function() mm.set_num_threads(0) end, "1..")
+    H.error_with(function() mm.arange(0, 1, 0) end, "non-zero step")
+  end)
+
+  it("NaN and inf as sizes or counts are rejected", function()
+    H.error_with(function() mm.zeros(0 / 0) end, "integer")
+    H.error_with(function() mm.zeros(math.huge) end, "integer")
+    H.error_with(function() mm.linspace(0, 1, 0 / 0) end, "integer")
+  end)
+end)
+
+describe("tensor recognition in the bindings", function()
+  it("rejects other userdata with a message naming Tensor", function()
+    for _, fn in ipairs {
+      function() return mm.zeros(2) + io.stdout end,
+      function() return io.stdout * mm.zeros(2) end,
+      function() return mm.relu(io.stdout) end,
+      function() return mm.exp({}) end,
+    } do
+      assert.has_error(fn)
+      local _, err = pcall(fn)
+      assert.is_truthy(tostring(err):find("Tensor", 1, true), tostring(err))
+    end
+    assert.is_false(mm.is_tensor(io.stdout))
+    assert.is_true(mm.is_tensor(mm.zeros(1)))
+  end)
+
+  it("still reports a freed tensor", function()
+    local t = mm.zeros(2)
+    t:free()
+    local ok, err = pcall(function() return t + 1 end)
+    assert.is_false(ok)
+    assert.is_truthy(tostring(err):find("freed", 1, true), tostring(err))
   end)
 end)

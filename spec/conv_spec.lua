@@ -4,8 +4,6 @@
 local H = require "helpers"
 local mm = H.mm
 
-local function f64(shape) return mm.randn(shape, { dtype = "float64" }) end
-local leaf = H.leaf
 local function pair(v) if type(v) == "table" then return v[1], v[2] end return v, v end
 
 -- Naive cross-correlation on nested tables: x[n][c][h][w], w[o][c][i][j].
@@ -40,15 +38,6 @@ local function naive_conv(x, w, b, stride, padding)
     end
   end
   return out
-end
-
-local assert_same = H.assert_identical
-
-local function msg(fn)
-  assert.has_error(fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  return tostring(err)
 end
 
 describe("conv2d forward", function()
@@ -101,9 +90,9 @@ describe("conv2d forward", function()
   end)
 
   it("reads non-contiguous inputs, weights and biases", function()
-    local x = f64({ 2, 5, 6, 3 }):permute(1, 4, 2, 3)  -- [2, 3, 5, 6] from NHWC
-    local w = f64({ 4, 3, 2, 3 }):transpose(3, 4)      -- [4, 3, 3, 2]
-    local b = f64({ 4, 2 }):select(2, 2)
+    local x = H.randn64({ 2, 5, 6, 3 }):permute(1, 4, 2, 3)  -- [2, 3, 5, 6] from NHWC
+    local w = H.randn64({ 4, 3, 2, 3 }):transpose(3, 4)      -- [4, 3, 3, 2]
+    local b = H.randn64({ 4, 2 }):select(2, 2)
     assert.is_false(x:is_contiguous())
     assert.is_false(w:is_contiguous())
     H.assert_close(mm.conv2d(x, w, b, { 1, 2 }, 1),
@@ -113,11 +102,11 @@ describe("conv2d forward", function()
   it("gives each image the same result whether it is batched in groups or alone", function()
     -- 16 channels, 3x3 kernel, 64x64: the im2col buffer holds 3 images, so a
     -- batch of 4 runs as two groups of different sizes.
-    local x = f64({ 4, 16, 64, 64 })
+    local x = H.randn64({ 4, 16, 64, 64 })
     local w = mm.randn({ 4, 16, 3, 3 }, { dtype = "float64", requires_grad = true })
     local xb = x:clone():requires_grad_()
     local y = mm.conv2d(xb, w, nil, 1, 1)
-    local g = f64({ 4, 4, 64, 64 })
+    local g = H.randn64({ 4, 4, 64, 64 })
     y:backward(g)
     local gw_batched = w.grad:clone()
     local gw_sum = mm.zeros(4, 16, 3, 3, { dtype = "float64" })
@@ -151,7 +140,7 @@ describe("conv2d forward", function()
     mm.set_num_threads(2)
     local r2 = { run() }
     mm.set_num_threads(n0)
-    for i = 1, #r1 do assert_same(r1[i], r2[i]) end
+    for i = 1, #r1 do H.assert_identical(r1[i], r2[i]) end
   end)
 
   it("handles empty batches and channels", function()
@@ -189,23 +178,23 @@ describe("conv2d backward", function()
       { { 2, 2, 6, 5 }, { 2, 2, 2, 3 }, 3, 1 },
     }
     for i, c in ipairs(cases) do
-      local x, w, b = leaf(c[1]), leaf(c[2]), leaf({ c[2][1] })
+      local x, w, b = H.leaf(c[1]), H.leaf(c[2]), H.leaf({ c[2][1] })
       local fn = function(p, q, r) return mm.conv2d(p, q, r, c[3], c[4]) end
       assert.is_true(mm.gradcheck(fn, { x, w, b }))
       if i <= 2 then   -- without a bias
         local nb = function(p, q) return mm.conv2d(p, q, nil, c[3], c[4]) end
-        assert.is_true(mm.gradcheck(nb, { leaf(c[1]), leaf(c[2]) }))
+        assert.is_true(mm.gradcheck(nb, { H.leaf(c[1]), H.leaf(c[2]) }))
       end
     end
   end)
 
   it("passes gradcheck on non-contiguous inputs and gradient", function()
-    local x = f64({ 2, 4, 5, 3 }):permute(1, 4, 2, 3):requires_grad_()   -- [2, 3, 4, 5]
-    local w = f64({ 2, 3, 3, 2 }):transpose(3, 4):requires_grad_()       -- [2, 3, 2, 3]
+    local x = H.randn64({ 2, 4, 5, 3 }):permute(1, 4, 2, 3):requires_grad_()   -- [2, 3, 4, 5]
+    local w = H.randn64({ 2, 3, 3, 2 }):transpose(3, 4):requires_grad_()       -- [2, 3, 2, 3]
     assert.is_false(x:is_contiguous())
     assert.is_true(mm.gradcheck(function(p, q) return mm.conv2d(p, q, nil, 1, 1) end, { x, w }))
     -- the output permuted afterwards: a non-contiguous incoming gradient
-    local x2, w2, b2 = leaf({ 1, 2, 4, 4 }), leaf({ 3, 2, 2, 2 }), leaf({ 3 })
+    local x2, w2, b2 = H.leaf({ 1, 2, 4, 4 }), H.leaf({ 3, 2, 2, 2 }), H.leaf({ 3 })
     assert.is_true(mm.gradcheck(function(p, q, r) return mm.conv2d(p, q, r):permute(4, 3, 1, 2) end,
                                 { x2, w2, b2 }))
   end)
@@ -269,10 +258,10 @@ describe("pooling", function()
     for _, c in ipairs(cases) do
       for _, f in ipairs({ mm.max_pool2d, mm.avg_pool2d }) do
         local fn = function(p) return f(p, c[2], c[3], c[4]) end
-        assert.is_true(mm.gradcheck(fn, { leaf(c[1]) }))
+        assert.is_true(mm.gradcheck(fn, { H.leaf(c[1]) }))
       end
     end
-    local xt = f64({ 2, 5, 4, 3 }):permute(1, 4, 3, 2):requires_grad_()  -- [2, 3, 4, 5]
+    local xt = H.randn64({ 2, 5, 4, 3 }):permute(1, 4, 3, 2):requires_grad_()  -- [2, 3, 4, 5]
     assert.is_true(mm.gradcheck(function(p) return mm.max_pool2d(p, 2, 1):transpose(3, 4) end, { xt }))
     assert.is_true(mm.gradcheck(function(p) return mm.avg_pool2d(p, 2, 1):transpose(3, 4) end, { xt }))
   end)
@@ -287,50 +276,50 @@ end)
 
 describe("conv and pooling errors", function()
   it("conv2d names the channel mismatch with both shapes", function()
-    local e = msg(function() mm.conv2d(mm.ones(2, 3, 5, 5), mm.ones(8, 4, 3, 3)) end)
+    local e = H.error_with(function() mm.conv2d(mm.ones(2, 3, 5, 5), mm.ones(8, 4, 3, 3)) end)
     assert.truthy(e:find("3 channels", 1, true) and e:find("expects 4", 1, true), e)
     assert.truthy(e:find("(2, 3, 5, 5)", 1, true) and e:find("(8, 4, 3, 3)", 1, true), e)
   end)
 
   it("conv2d refuses a kernel larger than the padded input", function()
-    local e = msg(function() mm.conv2d(mm.ones(1, 1, 2, 2), mm.ones(1, 1, 3, 3)) end)
+    local e = H.error_with(function() mm.conv2d(mm.ones(1, 1, 2, 2), mm.ones(1, 1, 3, 3)) end)
     assert.truthy(e:find("kernel 3x3 is larger than the padded input 2x2", 1, true), e)
     -- padding 1 makes it fit
     assert.are.same({ 1, 1, 2, 2 }, mm.conv2d(mm.ones(1, 1, 2, 2), mm.ones(1, 1, 3, 3), nil, 1, 1):shape())
   end)
 
   it("conv2d refuses non-4-D tensors, bad biases, int64, bad strides and paddings", function()
-    local e = msg(function() mm.conv2d(mm.ones(3, 5, 5), mm.ones(2, 3, 3, 3)) end)
+    local e = H.error_with(function() mm.conv2d(mm.ones(3, 5, 5), mm.ones(2, 3, 3, 3)) end)
     assert.truthy(e:find("4-D input", 1, true) and e:find("(3, 5, 5)", 1, true), e)
-    e = msg(function() mm.conv2d(mm.ones(1, 3, 5, 5), mm.ones(2, 3, 3)) end)
+    e = H.error_with(function() mm.conv2d(mm.ones(1, 3, 5, 5), mm.ones(2, 3, 3)) end)
     assert.truthy(e:find("4-D weight", 1, true) and e:find("(2, 3, 3)", 1, true), e)
-    e = msg(function() mm.conv2d(mm.ones(1, 3, 5, 5), mm.ones(2, 3, 3, 3), mm.ones(3)) end)
+    e = H.error_with(function() mm.conv2d(mm.ones(1, 3, 5, 5), mm.ones(2, 3, 3, 3), mm.ones(3)) end)
     assert.truthy(e:find("bias of shape (2)", 1, true) and e:find("got (3)", 1, true), e)
-    e = msg(function() mm.conv2d(mm.ones(1, 1, 5, 5):long(), mm.ones(2, 1, 3, 3)) end)
+    e = H.error_with(function() mm.conv2d(mm.ones(1, 1, 5, 5):long(), mm.ones(2, 1, 3, 3)) end)
     assert.truthy(e:find("int64", 1, true), e)
-    e = msg(function() mm.conv2d(mm.ones(1, 1, 5, 5), mm.ones(2, 1, 3, 3), nil, 0) end)
+    e = H.error_with(function() mm.conv2d(mm.ones(1, 1, 5, 5), mm.ones(2, 1, 3, 3), nil, 0) end)
     assert.truthy(e:find("strides >= 1", 1, true) and e:find("(0, 0)", 1, true), e)
-    e = msg(function() mm.conv2d(mm.ones(1, 1, 5, 5), mm.ones(2, 1, 3, 3), nil, 1, { 0, -1 }) end)
+    e = H.error_with(function() mm.conv2d(mm.ones(1, 1, 5, 5), mm.ones(2, 1, 3, 3), nil, 1, { 0, -1 }) end)
     assert.truthy(e:find("paddings >= 0", 1, true) and e:find("(0, -1)", 1, true), e)
-    e = msg(function() mm.conv2d(mm.ones(1, 1, 5, 5), mm.ones(2, 1, 3, 3), nil, "x") end)
+    e = H.error_with(function() mm.conv2d(mm.ones(1, 1, 5, 5), mm.ones(2, 1, 3, 3), nil, "x") end)
     assert.truthy(e:find("stride", 1, true) and e:find("{h, w}", 1, true), e)
-    e = msg(function() mm.conv2d(mm.ones(1, 1, 5, 5), mm.ones(2, 1, 3, 3), nil, { 1, 1.5 }) end)
+    e = H.error_with(function() mm.conv2d(mm.ones(1, 1, 5, 5), mm.ones(2, 1, 3, 3), nil, { 1, 1.5 }) end)
     assert.truthy(e:find("entry 2", 1, true), e)
   end)
 
   it("pooling checks its input, kernel and padding", function()
-    local e = msg(function() mm.max_pool2d(mm.ones(4, 4), 2) end)
+    local e = H.error_with(function() mm.max_pool2d(mm.ones(4, 4), 2) end)
     assert.truthy(e:find("max_pool2d", 1, true) and e:find("4-D input", 1, true)
                   and e:find("(4, 4)", 1, true), e)
-    e = msg(function() mm.avg_pool2d(mm.ones(1, 1, 2, 2), 3) end)
+    e = H.error_with(function() mm.avg_pool2d(mm.ones(1, 1, 2, 2), 3) end)
     assert.truthy(e:find("avg_pool2d", 1, true) and e:find("larger than the padded input", 1, true), e)
-    e = msg(function() mm.max_pool2d(mm.ones(1, 1, 6, 6), 2, 2, 2) end)
+    e = H.error_with(function() mm.max_pool2d(mm.ones(1, 1, 6, 6), 2, 2, 2) end)
     assert.truthy(e:find("at most half the kernel", 1, true), e)
-    e = msg(function() mm.max_pool2d(mm.ones(1, 1, 6, 6), 0) end)
+    e = H.error_with(function() mm.max_pool2d(mm.ones(1, 1, 6, 6), 0) end)
     assert.truthy(e:find("at least 1x1", 1, true), e)
-    e = msg(function() mm.max_pool2d(mm.ones(1, 1, 6, 6)) end)
+    e = H.error_with(function() mm.max_pool2d(mm.ones(1, 1, 6, 6)) end)
     assert.truthy(e:find("kernel", 1, true), e)
-    e = msg(function() mm.avg_pool2d(mm.ones(1, 1, 6, 6):long(), 2) end)
+    e = H.error_with(function() mm.avg_pool2d(mm.ones(1, 1, 6, 6):long(), 2) end)
     assert.truthy(e:find("int64", 1, true), e)
   end)
 end)

@@ -6,128 +6,119 @@
 local H = require "helpers"
 local mm = H.mm
 
-local function f64(t) return mm.tensor(t, { dtype = "float64" }) end
-local function long(t) return mm.tensor(t, { dtype = "int64" }) end
-
-local leaf = H.leaf
-
-local tleaf = H.tleaf
-
-local live_bytes = H.live_bytes
-
 describe("index_select", function()
   local x
-  before_each(function() x = f64 { { 1, 2, 3 }, { 4, 5, 6 } } end)
+  before_each(function() x = H.f64 { { 1, 2, 3 }, { 4, 5, 6 } } end)
 
   it("picks rows or columns, repeats allowed", function()
-    H.assert_close(x:index_select(1, long { 2, 1, 2 }), { { 4, 5, 6 }, { 1, 2, 3 }, { 4, 5, 6 } })
-    local c = x:index_select(2, long { 3, 3, 1 })
+    H.assert_close(x:index_select(1, H.long { 2, 1, 2 }), { { 4, 5, 6 }, { 1, 2, 3 }, { 4, 5, 6 } })
+    local c = x:index_select(2, H.long { 3, 3, 1 })
     assert.are.same({ 2, 3 }, c:shape())
     H.assert_close(c, { { 3, 3, 1 }, { 6, 6, 4 } })
-    H.assert_close(mm.index_select(x, -1, long { 2 }), { { 2 }, { 5 } })
+    H.assert_close(mm.index_select(x, -1, H.long { 2 }), { { 2 }, { 5 } })
     assert.are.same({ 0, 3 }, x:index_select(1, mm.zeros(0, { dtype = "int64" })):shape())
     assert.are.same({ 2, 1 }, x:index_select(2, mm.tensor(2)):shape())   -- 0-dim index
   end)
 
   it("works on int64 and non-contiguous inputs, middle dims", function()
     local t = mm.arange(6):reshape(2, 3):t()          -- [3, 2] int64, transposed
-    local r = t:index_select(1, long { 3, 1 })
+    local r = t:index_select(1, H.long { 3, 1 })
     assert.are.equal("int64", r:dtype())
     H.assert_close(r, { { 2, 5 }, { 0, 3 } })
     local y = mm.arange(24):reshape(2, 3, 4)
-    H.assert_close(y:index_select(2, long { 3, 1 }),
+    H.assert_close(y:index_select(2, H.long { 3, 1 }),
       { { { 8, 9, 10, 11 }, { 0, 1, 2, 3 } }, { { 20, 21, 22, 23 }, { 12, 13, 14, 15 } } })
   end)
 
   it("accumulates gradients of repeated indices", function()
     local w = mm.zeros(3, 2, { dtype = "float64", requires_grad = true })
-    local r = w:index_select(1, long { 3, 1, 3, 3 })
+    local r = w:index_select(1, H.long { 3, 1, 3, 3 })
     assert.are.equal("IndexSelectBackward", r.grad_fn)
-    r:backward(f64 { { 1, 2 }, { 3, 4 }, { 5, 6 }, { 7, 8 } })
+    r:backward(H.f64 { { 1, 2 }, { 3, 4 }, { 5, 6 }, { 7, 8 } })
     H.assert_close(w.grad, { { 3, 4 }, { 0, 0 }, { 13, 16 } })
   end)
 
   it("gradcheck over dims, shapes and layouts", function()
-    mm.gradcheck(function(a) return a:index_select(1, long { 2, 2, 1 }) end, { tleaf(3, 4) })
-    mm.gradcheck(function(a) return a:index_select(-1, long { 4, 1, 4 }) end, { tleaf(3, 4) })
-    mm.gradcheck(function(a) return a:index_select(2, long { 1, 3, 1, 1 }) end, { leaf(2, 3, 2) })
-    mm.gradcheck(function(a) return a:index_select(1, long { 1, 1 }) end, { leaf(1, 3) })
-    local r = leaf(1, 4)
-    mm.gradcheck(function(a) return a:expand(3, 4):index_select(1, long { 3, 2, 3 }) end, { r })
+    mm.gradcheck(function(a) return a:index_select(1, H.long { 2, 2, 1 }) end, { H.tleaf(3, 4) })
+    mm.gradcheck(function(a) return a:index_select(-1, H.long { 4, 1, 4 }) end, { H.tleaf(3, 4) })
+    mm.gradcheck(function(a) return a:index_select(2, H.long { 1, 3, 1, 1 }) end, { H.leaf(2, 3, 2) })
+    mm.gradcheck(function(a) return a:index_select(1, H.long { 1, 1 }) end, { H.leaf(1, 3) })
+    local r = H.leaf(1, 4)
+    mm.gradcheck(function(a) return a:expand(3, 4):index_select(1, H.long { 3, 2, 3 }) end, { r })
     local n = mm.randn(4, 5, { dtype = "float64" }):narrow(2, 2, 3)
     n.requires_grad = true
-    mm.gradcheck(function(a) return a:index_select(2, long { 3, 1, 3 }) end, { n })
+    mm.gradcheck(function(a) return a:index_select(2, H.long { 3, 1, 3 }) end, { n })
   end)
 
   it("rejects bad indices with the index and the valid range", function()
-    H.error_with(function() x:index_select(1, long { 1, 3 }) end,
+    H.error_with(function() x:index_select(1, H.long { 1, 3 }) end,
       "index_select", "index 3", "out of range", "dimension 1 of size 2", "1..2")
-    H.error_with(function() x:index_select(2, long { 0 }) end, "index 0", "1..3")
-    H.error_with(function() x:index_select(2, long { -1 }) end, "index -1", "1..3")
+    H.error_with(function() x:index_select(2, H.long { 0 }) end, "index 0", "1..3")
+    H.error_with(function() x:index_select(2, H.long { -1 }) end, "index -1", "1..3")
     H.error_with(function() x:index_select(1, mm.tensor { 1.0 }) end,
       "expected int64 indices, got float32")
-    H.error_with(function() x:index_select(1, long { { 1 } }) end, "1-D index", "(1, 1)")
-    H.error_with(function() x:index_select(3, long { 1 }) end, "dimension out of range")
-    H.error_with(function() mm.tensor(1.5):index_select(1, long { 1 }) end, "0-dimensional")
+    H.error_with(function() x:index_select(1, H.long { { 1 } }) end, "1-D index", "(1, 1)")
+    H.error_with(function() x:index_select(3, H.long { 1 }) end, "dimension out of range")
+    H.error_with(function() mm.tensor(1.5):index_select(1, H.long { 1 }) end, "0-dimensional")
   end)
 end)
 
 describe("gather", function()
   local x
-  before_each(function() x = f64 { { 1, 2 }, { 3, 4 } } end)
+  before_each(function() x = H.f64 { { 1, 2 }, { 3, 4 } } end)
 
   it("picks one element per index position", function()
-    H.assert_close(x:gather(2, long { { 1, 1 }, { 2, 1 } }), { { 1, 1 }, { 4, 3 } })
-    H.assert_close(x:gather(1, long { { 2, 1 }, { 1, 1 }, { 2, 2 } }), { { 3, 2 }, { 1, 2 }, { 3, 4 } })
+    H.assert_close(x:gather(2, H.long { { 1, 1 }, { 2, 1 } }), { { 1, 1 }, { 4, 3 } })
+    H.assert_close(x:gather(1, H.long { { 2, 1 }, { 1, 1 }, { 2, 2 } }), { { 3, 2 }, { 1, 2 }, { 3, 4 } })
     -- an index smaller than the input outside dim reads the leading corner
     local y = mm.arange(12):reshape(3, 4)
-    local g = y:gather(-1, long { { 4 }, { 2 } })
+    local g = y:gather(-1, H.long { { 4 }, { 2 } })
     assert.are.equal("int64", g:dtype())
     H.assert_close(g, { { 3 }, { 5 } })
-    H.assert_close(y:t():gather(1, long { { 3, 1, 2 } }), { { 2, 4, 9 } })   -- y:t() is [4, 3]
-    local f = mm.tensor({ { 1.5, 2.5 } }):gather(2, long { { 2, 1, 2 } })
+    H.assert_close(y:t():gather(1, H.long { { 3, 1, 2 } }), { { 2, 4, 9 } })   -- y:t() is [4, 3]
+    local f = mm.tensor({ { 1.5, 2.5 } }):gather(2, H.long { { 2, 1, 2 } })
     assert.are.equal("float32", f:dtype())
     H.assert_close(f, { { 2.5, 1.5, 2.5 } })
   end)
 
   it("accumulates gradients of repeated indices", function()
     local w = mm.zeros(2, 3, { dtype = "float64", requires_grad = true })
-    local g = w:gather(2, long { { 3, 3, 3, 1 }, { 2, 1, 2, 2 } })
+    local g = w:gather(2, H.long { { 3, 3, 3, 1 }, { 2, 1, 2, 2 } })
     assert.are.equal("GatherBackward", g.grad_fn)
-    g:backward(f64 { { 1, 2, 3, 4 }, { 5, 6, 7, 8 } })
+    g:backward(H.f64 { { 1, 2, 3, 4 }, { 5, 6, 7, 8 } })
     H.assert_close(w.grad, { { 4, 0, 6 }, { 6, 20, 0 } })
   end)
 
   it("gradcheck over dims, shapes and layouts", function()
-    mm.gradcheck(function(a) return a:gather(1, long { { 3, 1 }, { 3, 3 } }) end, { tleaf(3, 2) })
-    mm.gradcheck(function(a) return a:gather(-1, long { { 2, 2, 1 }, { 1, 4, 4 } }) end,
-      { tleaf(3, 4) })
+    mm.gradcheck(function(a) return a:gather(1, H.long { { 3, 1 }, { 3, 3 } }) end, { H.tleaf(3, 2) })
+    mm.gradcheck(function(a) return a:gather(-1, H.long { { 2, 2, 1 }, { 1, 4, 4 } }) end,
+      { H.tleaf(3, 4) })
     mm.gradcheck(function(a)
-      return a:gather(2, long { { { 1, 2 }, { 3, 3 }, { 1, 1 } }, { { 2, 2 }, { 1, 3 }, { 3, 1 } } })
-    end, { leaf(2, 3, 2) })
-    local r = leaf(1, 3)
-    mm.gradcheck(function(a) return a:expand(2, 3):gather(2, long { { 1, 1 }, { 3, 1 } }) end, { r })
+      return a:gather(2, H.long { { { 1, 2 }, { 3, 3 }, { 1, 1 } }, { { 2, 2 }, { 1, 3 }, { 3, 1 } } })
+    end, { H.leaf(2, 3, 2) })
+    local r = H.leaf(1, 3)
+    mm.gradcheck(function(a) return a:expand(2, 3):gather(2, H.long { { 1, 1 }, { 3, 1 } }) end, { r })
   end)
 
   it("rejects bad indices and shapes", function()
-    H.error_with(function() x:gather(2, long { { 1, 3 } }) end,
+    H.error_with(function() x:gather(2, H.long { { 1, 3 } }) end,
       "gather", "index 3", "dimension 2 of size 2", "1..2")
-    H.error_with(function() x:gather(1, long { 1, 2 }) end, "2 dimensions", "index shape (2)")
-    H.error_with(function() x:gather(2, long { { 1 }, { 1 }, { 1 } }) end, "(3, 1)", "(2, 2)")
-    H.error_with(function() x:gather(2, f64 { { 1 } }) end, "expected int64 indices, got float64")
+    H.error_with(function() x:gather(1, H.long { 1, 2 }) end, "2 dimensions", "index shape (2)")
+    H.error_with(function() x:gather(2, H.long { { 1 }, { 1 }, { 1 } }) end, "(3, 1)", "(2, 2)")
+    H.error_with(function() x:gather(2, H.f64 { { 1 } }) end, "expected int64 indices, got float64")
   end)
 end)
 
 describe("scatter_add", function()
   it("adds src at the indices, out of place", function()
     local self = mm.zeros(3, 5)
-    local idx = long { { 1, 2, 3, 1, 1 }, { 1, 2, 3, 3, 3 } }
+    local idx = H.long { { 1, 2, 3, 1, 1 }, { 1, 2, 3, 3, 3 } }
     local r = self:scatter_add(1, idx, mm.ones(2, 5))
     H.assert_close(r, { { 2, 0, 0, 1, 1 }, { 0, 2, 0, 0, 0 }, { 0, 0, 2, 1, 1 } })
     H.assert_close(self, { { 0, 0, 0, 0, 0 }, { 0, 0, 0, 0, 0 }, { 0, 0, 0, 0, 0 } })
-    local s = mm.scatter_add(f64 { { 1, 1, 1 } }, -1, long { { 3, 3 } }, f64 { { 10, 20, 99 } })
+    local s = mm.scatter_add(H.f64 { { 1, 1, 1 } }, -1, H.long { { 3, 3 } }, H.f64 { { 10, 20, 99 } })
     H.assert_close(s, { { 1, 1, 31 } })                 -- src's extra column is never read
-    local i = mm.arange(6):reshape(2, 3):scatter_add(2, long { { 1 }, { 1 } }, long { { 5 }, { 7 } })
+    local i = mm.arange(6):reshape(2, 3):scatter_add(2, H.long { { 1 }, { 1 } }, H.long { { 5 }, { 7 } })
     assert.are.equal("int64", i:dtype())
     H.assert_close(i, { { 5, 1, 2 }, { 10, 4, 5 } })
   end)
@@ -135,33 +126,33 @@ describe("scatter_add", function()
   it("sends gradients to self and src", function()
     local self = mm.zeros(2, 2, { dtype = "float64", requires_grad = true })
     local src = mm.zeros(2, 3, { dtype = "float64", requires_grad = true })
-    local r = self:scatter_add(2, long { { 2, 2 }, { 1, 2 } }, src)
+    local r = self:scatter_add(2, H.long { { 2, 2 }, { 1, 2 } }, src)
     assert.are.equal("ScatterAddBackward", r.grad_fn)
-    r:backward(f64 { { 1, 2 }, { 3, 4 } })
+    r:backward(H.f64 { { 1, 2 }, { 3, 4 } })
     H.assert_close(self.grad, { { 1, 2 }, { 3, 4 } })
     H.assert_close(src.grad, { { 2, 2, 0 }, { 3, 4, 0 } })
   end)
 
   it("gradcheck over dims, shapes and layouts", function()
-    local idx = long { { 2, 2, 1 }, { 3, 3, 3 } }
-    mm.gradcheck(function(a, b) return a:scatter_add(1, idx, b) end, { tleaf(3, 4), leaf(2, 3) })
-    mm.gradcheck(function(a, b) return a:scatter_add(-1, long { { 1, 1, 1 }, { 2, 2, 1 } }, b) end,
-      { leaf(2, 2), tleaf(3, 4) })
+    local idx = H.long { { 2, 2, 1 }, { 3, 3, 3 } }
+    mm.gradcheck(function(a, b) return a:scatter_add(1, idx, b) end, { H.tleaf(3, 4), H.leaf(2, 3) })
+    mm.gradcheck(function(a, b) return a:scatter_add(-1, H.long { { 1, 1, 1 }, { 2, 2, 1 } }, b) end,
+      { H.leaf(2, 2), H.tleaf(3, 4) })
     mm.gradcheck(function(a, b)
-      return a:scatter_add(2, long { { { 1 }, { 1 } }, { { 2 }, { 1 } } }, b)
-    end, { leaf(2, 2, 1), leaf(2, 2, 1) })
-    local row = leaf(1, 3)
+      return a:scatter_add(2, H.long { { { 1 }, { 1 } }, { { 2 }, { 1 } } }, b)
+    end, { H.leaf(2, 2, 1), H.leaf(2, 2, 1) })
+    local row = H.leaf(1, 3)
     mm.gradcheck(function(a, b) return a:expand(2, 3):scatter_add(2, idx, b) end,
-      { row, leaf(2, 3) })
+      { row, H.leaf(2, 3) })
   end)
 
   it("rejects bad input", function()
     local self = mm.zeros(2, 3)
-    H.error_with(function() self:scatter_add(2, long { { 4 } }, mm.ones(1, 1)) end,
+    H.error_with(function() self:scatter_add(2, H.long { { 4 } }, mm.ones(1, 1)) end,
       "scatter_add", "index 4", "dimension 2 of size 3", "1..3")
-    H.error_with(function() self:scatter_add(2, long { { 1 } }, mm.ones(1, 1, { dtype = "float64" })) end,
+    H.error_with(function() self:scatter_add(2, H.long { { 1 } }, mm.ones(1, 1, { dtype = "float64" })) end,
       "dtype float32", "float64")
-    H.error_with(function() self:scatter_add(2, long { { 1, 1 } }, mm.ones(1, 1)) end,
+    H.error_with(function() self:scatter_add(2, H.long { { 1, 1 } }, mm.ones(1, 1)) end,
       "src", "(1, 2)", "(1, 1)")
     H.error_with(function() self:scatter_add(1, mm.ones(1, 1), mm.ones(1, 1)) end,
       "expected int64 indices, got float32")
@@ -170,32 +161,32 @@ end)
 
 describe("embedding", function()
   local w
-  before_each(function() w = f64 { { 0, 1 }, { 10, 11 }, { 20, 21 } } end)
+  before_each(function() w = H.f64 { { 0, 1 }, { 10, 11 }, { 20, 21 } } end)
 
   it("looks up rows for indices of any shape", function()
-    local e = mm.embedding(w, long { 3, 1, 3 })
+    local e = mm.embedding(w, H.long { 3, 1, 3 })
     assert.are.same({ 3, 2 }, e:shape())
     H.assert_close(e, { { 20, 21 }, { 0, 1 }, { 20, 21 } })
-    local e2 = mm.embedding(w, long { { 2, 2, 1 }, { 3, 1, 1 } })
+    local e2 = mm.embedding(w, H.long { { 2, 2, 1 }, { 3, 1, 1 } })
     assert.are.same({ 2, 3, 2 }, e2:shape())
     H.assert_close(e2[2], { { 20, 21 }, { 0, 1 }, { 0, 1 } })
     assert.are.same({ 2 }, mm.embedding(w, mm.tensor(2)):shape())
-    H.assert_close(mm.embedding(w:t():contiguous():t(), long { 2 }), { { 10, 11 } })
+    H.assert_close(mm.embedding(w:t():contiguous():t(), H.long { 2 }), { { 10, 11 } })
   end)
 
   it("accumulates the gradient of repeated indices into weight rows", function()
     local wt = mm.zeros(4, 2, { dtype = "float64", requires_grad = true })
-    local e = mm.embedding(wt, long { { 2, 4 }, { 2, 2 } })
+    local e = mm.embedding(wt, H.long { { 2, 4 }, { 2, 2 } })
     assert.are.equal("EmbeddingBackward", e.grad_fn)
-    e:backward(f64 { { { 1, 2 }, { 3, 4 } }, { { 5, 6 }, { 7, 8 } } })
+    e:backward(H.f64 { { { 1, 2 }, { 3, 4 } }, { { 5, 6 }, { 7, 8 } } })
     H.assert_close(wt.grad, { { 0, 0 }, { 13, 16 }, { 0, 0 }, { 3, 4 } })
   end)
 
   it("gradcheck with repeats and a non-contiguous weight", function()
-    mm.gradcheck(function(a) return mm.embedding(a, long { { 1, 3, 3 }, { 2, 1, 3 } }) end,
-      { leaf(3, 4) })
-    mm.gradcheck(function(a) return mm.embedding(a, long { 5, 5, 1 }) end, { tleaf(5, 3) })
-    mm.gradcheck(function(a) return mm.embedding(a, long { 1, 1 }) end, { leaf(1, 1) })
+    mm.gradcheck(function(a) return mm.embedding(a, H.long { { 1, 3, 3 }, { 2, 1, 3 } }) end,
+      { H.leaf(3, 4) })
+    mm.gradcheck(function(a) return mm.embedding(a, H.long { 5, 5, 1 }) end, { H.tleaf(5, 3) })
+    mm.gradcheck(function(a) return mm.embedding(a, H.long { 1, 1 }) end, { H.leaf(1, 1) })
   end)
 
   it("gives the same results with 1 and 2 threads on a large batch", function()
@@ -230,35 +221,35 @@ describe("embedding", function()
   end)
 
   it("rejects bad weights and indices", function()
-    H.error_with(function() mm.embedding(w, long { 1, 4 }) end,
+    H.error_with(function() mm.embedding(w, H.long { 1, 4 }) end,
       "embedding", "index 4", "out of range", "3 rows", "1..3")
-    H.error_with(function() mm.embedding(w, long { 0 }) end, "index 0", "1..3")
-    H.error_with(function() mm.embedding(w, f64 { 1 }) end, "expected int64 indices, got float64")
-    H.error_with(function() mm.embedding(mm.zeros(3), long { 1 }) end, "2-D weight", "(3)")
+    H.error_with(function() mm.embedding(w, H.long { 0 }) end, "index 0", "1..3")
+    H.error_with(function() mm.embedding(w, H.f64 { 1 }) end, "expected int64 indices, got float64")
+    H.error_with(function() mm.embedding(mm.zeros(3), H.long { 1 }) end, "2-D weight", "(3)")
   end)
 end)
 
 describe("one_hot", function()
   it("encodes 1-based class labels as int64", function()
-    local r = mm.one_hot(long { 1, 3, 2 }, 4)
+    local r = mm.one_hot(H.long { 1, 3, 2 }, 4)
     assert.are.equal("int64", r:dtype())
     assert.is_false(r.requires_grad)
     H.assert_close(r, { { 1, 0, 0, 0 }, { 0, 0, 1, 0 }, { 0, 1, 0, 0 } })
-    local i = mm.one_hot(long { { 2 }, { 1 } })        -- classes inferred: 2
+    local i = mm.one_hot(H.long { { 2 }, { 1 } })      -- classes inferred: 2
     assert.are.same({ 2, 1, 2 }, i:shape())
     H.assert_close(i, { { { 0, 1 } }, { { 1, 0 } } })
     assert.are.same({ 3 }, mm.one_hot(mm.tensor(3)):shape())
     assert.are.same({ 0, 5 }, mm.one_hot(mm.zeros(0, { dtype = "int64" }), 5):shape())
-    H.assert_close(mm.one_hot(long { { 1, 2 }, { 3, 1 } }:t(), 3),
+    H.assert_close(mm.one_hot(H.long { { 1, 2 }, { 3, 1 } }:t(), 3),
       { { { 1, 0, 0 }, { 0, 0, 1 } }, { { 0, 1, 0 }, { 1, 0, 0 } } })
   end)
 
   it("rejects bad labels", function()
-    H.error_with(function() mm.one_hot(long { 1, 4 }, 3) end, "one_hot", "index 4", "3 classes", "1..3")
-    H.error_with(function() mm.one_hot(long { 0 }) end, "index 0")
+    H.error_with(function() mm.one_hot(H.long { 1, 4 }, 3) end, "one_hot", "index 4", "3 classes", "1..3")
+    H.error_with(function() mm.one_hot(H.long { 0 }) end, "index 0")
     H.error_with(function() mm.one_hot(mm.tensor { 1.0 }, 2) end, "expected int64 indices, got float32")
     H.error_with(function() mm.one_hot(mm.zeros(0, { dtype = "int64" })) end, "pass num_classes")
-    H.error_with(function() mm.one_hot(long { 1 }, -2) end, "num_classes >= 0")
+    H.error_with(function() mm.one_hot(H.long { 1 }, -2) end, "num_classes >= 0")
   end)
 end)
 
@@ -268,7 +259,7 @@ describe("index ops on error paths", function()
     local bad = mm.randint(1, 200, 300)
     bad:_set(300, 101)
     for _ = 1, 3 do pcall(mm.embedding, w, bad) end
-    local before = live_bytes()
+    local before = H.live_bytes()
     for _ = 1, 50 do
       pcall(mm.embedding, w, bad)
       pcall(mm.index_select, x:t(), 1, bad)
@@ -276,6 +267,6 @@ describe("index ops on error paths", function()
       pcall(mm.scatter_add, x, 2, bad:reshape(3, 100):narrow(2, 1, 64), x:narrow(1, 1, 3))
       pcall(mm.one_hot, bad, 100)
     end
-    assert.are.equal(before, live_bytes())
+    assert.are.equal(before, H.live_bytes())
   end)
 end)

@@ -1,12 +1,11 @@
 -- matmul and linear: forward values (by hand and against a naive product
 -- computed here in Lua), every operand layout the GEMM is handed (1-D,
 -- batched with broadcasting, transposed and strided views), float64
--- gradient checks, thread-count independence and the errors.
+-- gradient checks, thread-count independence (also of linear's backward
+-- split over the pool) and the errors.  make spec runs this file a second
+-- time with MICROML_KERNEL=portable.
 local H = require "helpers"
 local mm = H.mm
-
-local function f64(shape) return mm.randn(shape, { dtype = "float64" }) end
-local leaf = H.leaf
 
 -- Naive C = A B on nested Lua tables (2-D).
 local function naive(A, B)
@@ -55,9 +54,6 @@ local function naive_batched(a, b)
   return out
 end
 
--- Every element equal, bit for bit.
-local assert_same = H.assert_identical
-
 describe("matmul forward", function()
   before_each(function() mm.manual_seed(11) end)
 
@@ -85,10 +81,10 @@ describe("matmul forward", function()
     assert.are.same({ 3 }, vm:shape())
     H.assert_close(vm, { 1, -3, 2 }, 0)
     -- a vector against a batch of matrices, both ways
-    local bm = f64({ 4, 3, 5 })
+    local bm = H.randn64({ 4, 3, 5 })
     local r = mm.matmul(v, bm)
     assert.are.same({ 4, 5 }, r:shape())
-    local bm2 = f64({ 4, 2, 3 })
+    local bm2 = H.randn64({ 4, 2, 3 })
     assert.are.same({ 4, 2 }, mm.matmul(bm2, v):shape())
     H.assert_close(mm.matmul(bm2, v), naive_batched(bm2, v:reshape(3, 1)), 1e-12)
     H.assert_close(r, naive_batched(v:reshape(1, 3), bm), 1e-12)
@@ -122,11 +118,11 @@ describe("matmul forward", function()
       { { 2, 3, 1, 4 }, { 2, 3, 4, 6 } },    -- M = 1
     }
     for _, c in ipairs(cases) do
-      local a, b = f64(c[1]), f64(c[2])
+      local a, b = H.randn64(c[1]), H.randn64(c[2])
       local r = mm.matmul(a, b)
       H.assert_close(r, naive_batched(a, b), 1e-12)
     end
-    local r = mm.matmul(f64({ 2, 1, 3, 4 }), f64({ 5, 4, 2 }))
+    local r = mm.matmul(H.randn64({ 2, 1, 3, 4 }), H.randn64({ 5, 4, 2 }))
     assert.are.same({ 2, 5, 3, 2 }, r:shape())
   end)
 
@@ -168,7 +164,7 @@ describe("matmul forward", function()
   end)
 
   it("promotes float32 x float64 to float64 and handles empty dims", function()
-    local a, b = mm.randn(3, 4), f64({ 4, 2 })
+    local a, b = mm.randn(3, 4), H.randn64({ 4, 2 })
     local c = mm.matmul(a, b)
     assert.are.equal("float64", c:dtype())
     H.assert_close(c, naive(a:double():totable(), b:totable()), 1e-12)
@@ -187,9 +183,9 @@ describe("matmul forward", function()
     mm.set_num_threads(2)
     local r2, s2, t2 = mm.matmul(a, b), mm.matmul(ba, bb), mm.matmul(x, w)
     mm.set_num_threads(n0)
-    assert_same(r1, r2)
-    assert_same(s1, s2)
-    assert_same(t1, t2)
+    H.assert_identical(r1, r2)
+    H.assert_identical(s1, s2)
+    H.assert_identical(t1, t2)
   end)
 end)
 
@@ -211,7 +207,7 @@ describe("matmul backward", function()
                     { { 4 }, { 4, 2 } }, { { 1, 4 }, { 4, 1 } }, { { 3, 1 }, { 1, 2 } },
                     { { 1 }, { 1, 3 } } }
     for _, c in ipairs(cases) do
-      assert.is_true(mm.gradcheck(mm.matmul, { leaf(c[1]), leaf(c[2]) }))
+      assert.is_true(mm.gradcheck(mm.matmul, { H.leaf(c[1]), H.leaf(c[2]) }))
     end
   end)
 
@@ -221,7 +217,7 @@ describe("matmul backward", function()
                     { { 4 }, { 2, 4, 3 } }, { { 2, 3, 4 }, { 4 } }, { { 1, 2, 3 }, { 2, 3, 2 } },
                     { { 2, 1, 1, 3 }, { 3, 1 } } }
     for _, c in ipairs(cases) do
-      local a, b = leaf(c[1]), leaf(c[2])
+      local a, b = H.leaf(c[1]), H.leaf(c[2])
       assert.is_true(mm.gradcheck(mm.matmul, { a, b }))
       assert.are.same(c[1], a.grad:shape())
       assert.are.same(c[2], b.grad:shape())
@@ -230,21 +226,21 @@ describe("matmul backward", function()
 
   it("passes gradcheck on non-contiguous inputs and gradient", function()
     -- transposed leaves: their grads are read/written through the view
-    local at = f64({ 5, 3 }):t():requires_grad_()
-    local bt = f64({ 2, 5 }):t():requires_grad_()
+    local at = H.randn64({ 5, 3 }):t():requires_grad_()
+    local bt = H.randn64({ 2, 5 }):t():requires_grad_()
     assert.is_false(at:is_contiguous())
     assert.is_true(mm.gradcheck(mm.matmul, { at, bt }))
     -- transposes and expands taken inside the function
-    local a, b = leaf({ 2, 4, 3 }), leaf({ 4, 5 })
+    local a, b = H.leaf({ 2, 4, 3 }), H.leaf({ 4, 5 })
     assert.is_true(mm.gradcheck(function(x, y) return mm.matmul(x:transpose(2, 3), y) end,
                                 { a, b }))
-    local r, m = leaf({ 1, 4 }), leaf({ 4, 3 })
+    local r, m = H.leaf({ 1, 4 }), H.leaf({ 4, 3 })
     assert.is_true(mm.gradcheck(function(x, y) return mm.matmul(x:expand(3, 4), y) end, { r, m }))
     -- a non-contiguous incoming gradient (the output is transposed afterwards)
-    local p, q = leaf({ 3, 4 }), leaf({ 4, 2 })
+    local p, q = H.leaf({ 3, 4 }), H.leaf({ 4, 2 })
     assert.is_true(mm.gradcheck(function(x, y) return mm.matmul(x, y):t() end, { p, q }))
     -- a strided (no unit stride) operand selected inside
-    local s, t = leaf({ 3, 4, 2 }), leaf({ 4, 2 })
+    local s, t = H.leaf({ 3, 4, 2 }), H.leaf({ 4, 2 })
     assert.is_true(mm.gradcheck(function(x, y) return mm.matmul(x:select(3, 2), y) end, { s, t }))
   end)
 
@@ -277,7 +273,7 @@ describe("linear", function()
   end)
 
   it("matches matmul(x, w^T) + b for [..., in] inputs and strided operands", function()
-    local x, w, b = f64({ 2, 3, 5 }), f64({ 4, 5 }), f64({ 4 })
+    local x, w, b = H.randn64({ 2, 3, 5 }), H.randn64({ 4, 5 }), H.randn64({ 4 })
     local y = mm.linear(x, w, b)
     assert.are.same({ 2, 3, 4 }, y:shape())
     local mw = naive_batched(x, w:t())
@@ -285,15 +281,15 @@ describe("linear", function()
     for i = 1, #mw do mw[i] = mw[i] + bt[(i - 1) % 4 + 1] end
     H.assert_close(y, mw, 1e-12)
     -- transposed x rows, a transposed weight, a strided bias
-    local xt = f64({ 5, 6 }):t()                      -- [6, 5]
-    local wt = f64({ 5, 4 }):t()                      -- [4, 5]
-    local bs = f64({ 4, 2 }):select(2, 1)             -- stride 2
+    local xt = H.randn64({ 5, 6 }):t()                -- [6, 5]
+    local wt = H.randn64({ 5, 4 }):t()                -- [4, 5]
+    local bs = H.randn64({ 4, 2 }):select(2, 1)       -- stride 2
     local want = naive(xt:totable(), wt:t():totable())
     local bb = bs:totable()
     for i = 1, 6 do for j = 1, 4 do want[i][j] = want[i][j] + bb[j] end end
     H.assert_close(mm.linear(xt, wt, bs), want, 1e-12)
     -- a permuted 3-D input whose leading dims do not collapse
-    local xp = f64({ 3, 2, 5 }):transpose(1, 2)       -- [2, 3, 5]
+    local xp = H.randn64({ 3, 2, 5 }):transpose(1, 2)       -- [2, 3, 5]
     H.assert_close(mm.linear(xp, w), naive_batched(xp, w:t()), 1e-12)
   end)
 
@@ -301,22 +297,22 @@ describe("linear", function()
     local cases = { { { 3, 4 }, { 5, 4 } }, { { 2, 3, 4 }, { 2, 4 } }, { { 4 }, { 3, 4 } },
                     { { 1, 1 }, { 1, 1 } }, { { 3, 1 }, { 2, 1 } }, { { 1, 3 }, { 1, 3 } } }
     for _, c in ipairs(cases) do
-      local x, w, b = leaf(c[1]), leaf(c[2]), leaf({ c[2][1] })
+      local x, w, b = H.leaf(c[1]), H.leaf(c[2]), H.leaf({ c[2][1] })
       assert.is_true(mm.gradcheck(mm.linear, { x, w, b }))
       assert.are.same({ c[2][1] }, b.grad:shape())
-      local x2, w2 = leaf(c[1]), leaf(c[2])
+      local x2, w2 = H.leaf(c[1]), H.leaf(c[2])
       assert.is_true(mm.gradcheck(mm.linear, { x2, w2 }))
     end
   end)
 
   it("passes gradcheck on non-contiguous inputs and gradient", function()
-    local xt = f64({ 4, 3 }):t():requires_grad_()     -- [3, 4]
-    local wt = f64({ 4, 2 }):t():requires_grad_()     -- [2, 4]
-    local b = leaf({ 2 })
+    local xt = H.randn64({ 4, 3 }):t():requires_grad_()     -- [3, 4]
+    local wt = H.randn64({ 4, 2 }):t():requires_grad_()     -- [2, 4]
+    local b = H.leaf({ 2 })
     assert.is_true(mm.gradcheck(mm.linear, { xt, wt, b }))
-    local x, w = leaf({ 3, 2, 4 }), leaf({ 5, 4 })
+    local x, w = H.leaf({ 3, 2, 4 }), H.leaf({ 5, 4 })
     local fn = function(p, q, r) return mm.linear(p:transpose(1, 2), q, r):transpose(1, 3) end
-    assert.is_true(mm.gradcheck(fn, { x, w, leaf({ 5 }) }))
+    assert.is_true(mm.gradcheck(fn, { x, w, H.leaf({ 5 }) }))
   end)
 
   it("records LinearBackward and refuses backward after its inputs change in place", function()
@@ -364,50 +360,127 @@ describe("linear", function()
     mm.set_num_threads(2)
     local r2 = { run() }
     mm.set_num_threads(n0)
-    for i = 1, 4 do assert_same(r1[i], r2[i]) end
+    for i = 1, 4 do H.assert_identical(r1[i], r2[i]) end
+  end)
+end)
+
+describe("linear backward split over threads", function()
+  before_each(function() mm.manual_seed(21) end)
+
+  it("sums the bias gradient over rows, column by column, past one column block", function()
+    -- 130 columns: three blocks of 64, the last one partial.
+    local rows, cols = 5, 130
+    local g = mm.zeros(rows, cols, { dtype = "float64" })
+    for i = 1, rows do
+      for j = 1, cols do g[i][j] = i * 1000 + j end
+    end
+    local x = mm.randn({ rows, 3 }, { dtype = "float64" })
+    local w = mm.randn({ cols, 3 }, { dtype = "float64", requires_grad = true })
+    local b = mm.zeros(cols, { dtype = "float64", requires_grad = true })
+    mm.linear(x, w, b):backward(g)
+    local want = {}
+    -- sum over i of (1000 i + j) = 1000 * 15 + 5 j
+    for j = 1, cols do want[j] = 15000 + 5 * j end
+    H.assert_close(b.grad, want, 0)
+  end)
+
+  it("reads a transposed (strided) output gradient in the bias sums and the GEMMs", function()
+    local x = mm.randn({ 7, 4 }, { dtype = "float64", requires_grad = true })
+    local w = mm.randn({ 70, 4 }, { dtype = "float64", requires_grad = true })
+    local b = mm.randn({ 70 }, { dtype = "float64", requires_grad = true })
+    local gt = mm.randn({ 70, 7 }, { dtype = "float64" })
+    local g = gt:t()                        -- [7, 70] with column stride 7
+    assert.is_false(g:is_contiguous())
+    mm.linear(x, w, b):backward(g)
+    local gc = g:contiguous()
+    H.assert_close(b.grad, H.flatten(gc:sum(1):totable()), 1e-12)
+    H.assert_close(x.grad, H.flatten(mm.matmul(gc, w:detach()):totable()), 1e-12)
+    H.assert_close(w.grad, H.flatten(mm.matmul(gc:t(), x:detach()):totable()), 1e-12)
+  end)
+
+  it("passes a float64 gradient check with many bias blocks, a transposed weight and a broadcast input", function()
+    local x = mm.randn({ 3, 5 }, { dtype = "float64", requires_grad = true })
+    local wt = mm.randn({ 5, 67 }, { dtype = "float64", requires_grad = true })
+    local b = mm.randn({ 67 }, { dtype = "float64", requires_grad = true })
+    local row = mm.randn({ 1, 5 }, { dtype = "float64", requires_grad = true })
+    assert.is_true(mm.gradcheck(function(xx, ww, bb) return mm.linear(xx, ww:t(), bb) end,
+                                { x, wt, b }))
+    -- a size-1 input expanded inside fn (gradcheck inputs must not be stride-0 views)
+    assert.is_true(mm.gradcheck(function(r, ww, bb) return mm.linear(r:expand(4, 5), ww:t(), bb) end,
+                                { row, wt, b }))
+    -- a 3-D input whose leading dims flatten into rows, one of them size 1
+    local x3 = mm.randn({ 2, 1, 5 }, { dtype = "float64", requires_grad = true })
+    assert.is_true(mm.gradcheck(function(xx, ww, bb) return mm.linear(xx, ww:t(), bb) end,
+                                { x3, wt, b }))
+  end)
+
+  it("gives the same bits on 1 and 2 threads on the side-by-side path (dx and dw both wanted)", function()
+    -- 128x256x128 twice: the hidden layer of the training MLP.
+    local x, w, b = mm.randn(128, 256), mm.randn(128, 256), mm.randn(128)
+    local g = mm.randn(128, 128)
+    H.same_bits_1_2(function()
+      local xl, wl, bl = x:clone():requires_grad_(), w:clone():requires_grad_(), b:clone():requires_grad_()
+      mm.linear(xl, wl, bl):backward(g)
+      return xl.grad, wl.grad, bl.grad
+    end)
+  end)
+
+  it("gives the same bits on 1 and 2 threads for a lone large dw (input without grad) and a tiny layer", function()
+    local x, w, b = mm.randn(128, 784), mm.randn(256, 784), mm.randn(256)
+    local g = mm.randn(128, 256)
+    local xs, ws, bs, gs = mm.randn(32, 16), mm.randn(10, 16), mm.randn(10), mm.randn(32, 10)
+    H.same_bits_1_2(function()
+      local wl, bl = w:clone():requires_grad_(), b:clone():requires_grad_()
+      mm.linear(x, wl, bl):backward(g)
+      local xsl, wsl, bsl = xs:clone():requires_grad_(), ws:clone():requires_grad_(), bs:clone():requires_grad_()
+      mm.linear(xsl, wsl, bsl):backward(gs)
+      return wl.grad, bl.grad, xsl.grad, wsl.grad
+    end)
+  end)
+
+  it("still reports a bad weight with both shapes", function()
+    local fn = function() return mm.linear(mm.randn(4, 3), mm.randn(5, 2), mm.randn(5)) end
+    assert.has_error(fn)
+    local ok, err = pcall(fn)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("input shape (4, 3)", 1, true))
+    assert.truthy(tostring(err):find("weight shape (5, 2)", 1, true))
   end)
 end)
 
 describe("linear algebra errors", function()
-  local function msg(fn)
-    assert.has_error(fn)
-    local ok, err = pcall(fn)
-    assert.is_false(ok)
-    return tostring(err)
-  end
-
   it("matmul names both shapes on a mismatch", function()
-    local e = msg(function() mm.matmul(mm.ones(2, 3), mm.ones(4, 5)) end)
+    local e = H.error_with(function() mm.matmul(mm.ones(2, 3), mm.ones(4, 5)) end)
     assert.truthy(e:find("(2, 3)", 1, true), e)
     assert.truthy(e:find("(4, 5)", 1, true), e)
-    e = msg(function() mm.matmul(mm.ones(3), mm.ones(4)) end)
+    e = H.error_with(function() mm.matmul(mm.ones(3), mm.ones(4)) end)
     assert.truthy(e:find("(3)", 1, true) and e:find("(4)", 1, true), e)
-    e = msg(function() mm.matmul(mm.ones(2, 2, 3), mm.ones(3, 3, 4)) end)
+    e = H.error_with(function() mm.matmul(mm.ones(2, 2, 3), mm.ones(3, 3, 4)) end)
     assert.truthy(e:find("batch", 1, true) and e:find("(2, 2, 3)", 1, true)
                   and e:find("(3, 3, 4)", 1, true), e)
   end)
 
   it("matmul refuses int64, scalars and non-tensors", function()
-    local e = msg(function() mm.matmul(mm.tensor({ { 1, 2 } }), mm.tensor({ { 1 }, { 2 } })) end)
+    local e = H.error_with(function() mm.matmul(mm.tensor({ { 1, 2 } }), mm.tensor({ { 1 }, { 2 } })) end)
     assert.truthy(e:find("int64", 1, true) and e:find("float", 1, true), e)
-    e = msg(function() mm.matmul(mm.ones({}), mm.ones(3)) end)
+    e = H.error_with(function() mm.matmul(mm.ones({}), mm.ones(3)) end)
     assert.truthy(e:find("at least 1 dimension", 1, true), e)
-    e = msg(function() mm.matmul(mm.ones(2, 2), 3) end)
+    e = H.error_with(function() mm.matmul(mm.ones(2, 2), 3) end)
     assert.truthy(e:find("Tensor", 1, true), e)
   end)
 
   it("linear checks the weight, the input features and the bias", function()
-    local e = msg(function() mm.linear(mm.ones(2, 3), mm.ones(4)) end)
+    local e = H.error_with(function() mm.linear(mm.ones(2, 3), mm.ones(4)) end)
     assert.truthy(e:find("2-D weight", 1, true) and e:find("(4)", 1, true), e)
-    e = msg(function() mm.linear(mm.ones(2, 3), mm.ones(4, 5)) end)
+    e = H.error_with(function() mm.linear(mm.ones(2, 3), mm.ones(4, 5)) end)
     assert.truthy(e:find("(2, 3)", 1, true) and e:find("(4, 5)", 1, true), e)
-    e = msg(function() mm.linear(mm.ones(2, 3), mm.ones(4, 3), mm.ones(3)) end)
+    e = H.error_with(function() mm.linear(mm.ones(2, 3), mm.ones(4, 3), mm.ones(3)) end)
     assert.truthy(e:find("bias of shape (4)", 1, true) and e:find("got (3)", 1, true), e)
-    e = msg(function() mm.linear(mm.ones({}), mm.ones(4, 3)) end)
+    e = H.error_with(function() mm.linear(mm.ones({}), mm.ones(4, 3)) end)
     assert.truthy(e:find("scalar", 1, true), e)
-    e = msg(function() mm.linear(mm.tensor({ 1, 2, 3 }), mm.ones(4, 3)) end)
+    e = H.error_with(function() mm.linear(mm.tensor({ 1, 2, 3 }), mm.ones(4, 3)) end)
     assert.truthy(e:find("int64", 1, true), e)
-    e = msg(function() mm.linear(mm.ones(2, 3), mm.ones(4, 3), "b") end)
+    e = H.error_with(function() mm.linear(mm.ones(2, 3), mm.ones(4, 3), "b") end)
     assert.truthy(e:find("Tensor or nil", 1, true), e)
   end)
 end)

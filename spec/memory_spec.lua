@@ -6,19 +6,15 @@
 -- dropped.  Also: absurd sizes and the memory limit are Lua errors that name
 -- the bytes.
 local mm = require "microml"
+local H = require "helpers"
 
 local function live() return mm.memory_stats().bytes_live end
 
-local function full_gc()
-  collectgarbage()
-  collectgarbage()
-end
-
 describe("memory", function()
-  before_each(full_gc)
+  before_each(H.full_gc)
 
   it("a training loop stays flat and returns every byte when dropped", function()
-    full_gc()
+    H.full_gc()
     local start = live()
     mm.manual_seed(3)
     local nn, optim = mm.nn, mm.optim
@@ -48,7 +44,7 @@ describe("memory", function()
     assert.is_true(st.system_allocs - sys500 <= 8,
       ("%d system allocations after warm-up"):format(st.system_allocs - sys500))
     model, opt, x, y = nil, nil, nil, nil
-    full_gc()
+    H.full_gc()
     assert.are.equal(start, live())
   end)
 
@@ -71,20 +67,20 @@ describe("memory", function()
   it("backward releases the graph's saved tensors", function()
     local w = mm.randn(100, 100, { requires_grad = true })
     local x = mm.randn(100, 100)
-    full_gc()
+    H.full_gc()
     local before = live()
     local loss = (x:matmul(w):tanh() * 3):sum()
     local with_graph = live()
     assert.is_true(with_graph > before)
     loss:backward()
     loss = nil
-    full_gc()
+    H.full_gc()
     -- What remains is w.grad (100 x 100 float32, one size-class block).
     local grad_bytes = live() - before
     assert.is_true(grad_bytes >= 40000 and grad_bytes <= 50000 + 4096,
       ("expected only w.grad to remain, got %d bytes"):format(grad_bytes))
     w.grad = nil
-    full_gc()
+    H.full_gc()
     assert.are.equal(before, live())
   end)
 
@@ -101,7 +97,7 @@ describe("memory", function()
   end)
 
   it("set_memory_limit turns growth past the limit into an error, and can be removed", function()
-    full_gc()
+    H.full_gc()
     local prev = mm.memory_stats().bytes_limit
     local limit = live() + 2 * 1024 * 1024
     mm.set_memory_limit(limit)
@@ -136,5 +132,21 @@ describe("memory", function()
     assert.are.equal("false", ok, out)
     assert.truthy(err:find("memory limit exceeded", 1, true), out)
     assert.are.equal("1000000", lim, out)
+  end)
+
+  describe("on a cold cache", function()
+    -- A cached block is reused without checking the limit (it is no growth:
+    -- runtime/alloc.c), so a 4 MB block left by an earlier test would let the
+    -- allocation below succeed.  Start with the cache empty.
+    before_each(function() mm.empty_cache() end)
+
+    it("a memory limit turns runaway growth into an error naming the bytes", function()
+      mm.set_memory_limit(mm.memory_stats().bytes_live + 1000000)
+      local ok, err = pcall(mm.zeros, 1000, 1000)
+      mm.set_memory_limit(0)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("memory limit exceeded", 1, true))
+      assert.truthy(tostring(err):find("4000000 bytes", 1, true))
+    end)
   end)
 end)

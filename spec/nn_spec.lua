@@ -7,8 +7,6 @@ local H = require "helpers"
 
 local F64 = { dtype = "float64" }
 
-local values = H.values
-
 describe("Module bookkeeping", function()
   local Net = nn.Module:extend("Net")
   function Net:init()
@@ -111,9 +109,9 @@ describe("Module bookkeeping", function()
     local lin = nn.Linear(3, 2)
     local y = lin(mm.ones(4, 3))
     y:sum():backward()
-    assert.are.same({ 4, 4 }, values(lin.bias.grad))
+    assert.are.same({ 4, 4 }, H.values(lin.bias.grad))
     lin:zero_grad(false)
-    assert.are.same({ 0, 0 }, values(lin.bias.grad))
+    assert.are.same({ 0, 0 }, H.values(lin.bias.grad))
     lin:zero_grad()
     assert.is_nil(lin.bias.grad)
     assert.is_nil(lin.weight.grad)
@@ -144,24 +142,24 @@ describe("Module bookkeeping", function()
     local lin = nn.Linear(2, 2)
     lin:load_state_dict({ weight = mm.eye(2, F64), bias = mm.tensor({ 1.5, -2.0 }, F64) })
     assert.are.equal("float32", lin.weight:dtype())
-    assert.are.same({ 1, 0, 0, 1 }, values(lin.weight))
-    assert.are.same({ 1.5, -2 }, values(lin.bias))
+    assert.are.same({ 1, 0, 0, 1 }, H.values(lin.weight))
+    assert.are.same({ 1.5, -2 }, H.values(lin.bias))
   end)
 
   it("reports missing, unexpected and mis-shaped entries", function()
     local lin = nn.Linear(3, 2)
-    local before = values(lin.weight)
+    local before = H.values(lin.weight)
     local msg = H.error_with(function()
       lin:load_state_dict({ weight = mm.zeros(3, 2), extra = mm.zeros(1) })
     end, "load_state_dict (Linear)", "shape mismatch for weight: expected shape (2, 3), got (3, 2)",
          "missing keys: bias", "unexpected keys: extra")
     assert.is_truthy(msg)
-    assert.are.same(before, values(lin.weight))     -- nothing was copied
+    assert.are.same(before, H.values(lin.weight))   -- nothing was copied
     H.error_with(function() lin:load_state_dict({ weight = mm.zeros(2, 3) }) end, "missing keys: bias")
     local missing, unexpected = lin:load_state_dict({ weight = mm.zeros(2, 3), junk = mm.ones(1) }, false)
     assert.are.same({ "bias" }, missing)
     assert.are.same({ "junk" }, unexpected)
-    assert.are.same({ 0, 0, 0, 0, 0, 0 }, values(lin.weight))
+    assert.are.same({ 0, 0, 0, 0, 0, 0 }, H.values(lin.weight))
     H.error_with(function() lin:load_state_dict({ weight = mm.zeros(1) }, false) end,
                  "shape mismatch for weight")
   end)
@@ -234,7 +232,7 @@ describe("layers", function()
     local x = mm.tensor({ -2.0, -0.5, 0.0, 1.5 }, F64)
     local function each(f)
       local out = {}
-      for i, v in ipairs(values(x)) do out[i] = f(v) end
+      for i, v in ipairs(H.values(x)) do out[i] = f(v) end
       return out
     end
     local sig = function(v) return 1 / (1 + math.exp(-v)) end
@@ -246,7 +244,7 @@ describe("layers", function()
     H.assert_close(nn.GELU("tanh")(x), each(function(v)
       return 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ^ 3)))
     end), 1e-12)
-    H.assert_close(nn.Identity()(x), values(x), 0)
+    H.assert_close(nn.Identity()(x), H.values(x), 0)
     H.error_with(function() nn.GELU("fast") end, "expected approximate 'none' or 'tanh', got 'fast'")
     H.error_with(function() nn.MLP { sizes = { 2, 2 }, activation = "swish" } end, "unknown activation 'swish'")
   end)
@@ -327,7 +325,7 @@ describe("nn.init", function()
     local a, b = mm.empty(50, 40), mm.empty(50, 40)
     mm.manual_seed(9); nn.init.xavier_uniform_(a)
     mm.manual_seed(9); nn.init.xavier_uniform_(b)
-    assert.are.same(values(a), values(b))
+    assert.are.same(H.values(a), H.values(b))
     local bound = math.sqrt(6 / 90)
     local m = a:abs():max():item()
     assert.is_true(m <= bound and m > 0.95 * bound)

@@ -1,28 +1,10 @@
 -- Fused NN ops: softmax, log_softmax, cross_entropy, nll_loss, mse_loss,
 -- binary_cross_entropy_with_logits, layer_norm, dropout — forward values
 -- against closed forms computed here in Lua, float64 gradient checks,
--- numerical stability, thread-count independence, and errors on bad input.
+-- numerical stability, thread-count independence (also of the row split of
+-- cross_entropy in a training step), and errors on bad input.
 local mm = require "microml"
 local H = require "helpers"
-
-local function f64(shape) return mm.randn(shape, { dtype = "float64" }):requires_grad_() end
-
-local function expect_error(fn, ...)
-  assert.has_error(fn)
-  return H.error_with(fn, ...)
-end
-
-local function check_grad(fn, inputs, what)
-  local ok, msg = mm.gradcheck(fn, inputs, { raise = false })
-  assert(ok, (what or "") .. ": " .. tostring(msg))
-end
-
--- A transposed (non-contiguous) float64 leaf of shape {r, c}.
-local function strided(r, c)
-  local t = mm.randn({ c, r }, { dtype = "float64" }):t():requires_grad_()
-  assert.is_false(t:is_contiguous())
-  return t
-end
 
 -- Row-wise log-sum-exp of a Lua matrix.
 local function lse(row)
@@ -96,14 +78,14 @@ describe("softmax and log_softmax", function()
 
   it("gradcheck over shapes, dims, strided and size-1 inputs", function()
     local cases = {
-      { f64({ 5 }), 1 }, { f64({ 3, 4 }), 1 }, { f64({ 3, 4 }), 2 }, { f64({ 3, 4 }), -1 },
-      { f64({ 2, 3, 4 }), 2 }, { f64({ 2, 3, 4 }), -3 }, { strided(3, 4), 2 }, { strided(3, 4), 1 },
-      { f64({ 3, 1 }), 2 }, { f64({ 1, 4 }), 2 }, { f64({ 4, 1, 2 }), 1 },
+      { H.leaf({ 5 }), 1 }, { H.leaf({ 3, 4 }), 1 }, { H.leaf({ 3, 4 }), 2 }, { H.leaf({ 3, 4 }), -1 },
+      { H.leaf({ 2, 3, 4 }), 2 }, { H.leaf({ 2, 3, 4 }), -3 }, { H.tleaf(3, 4), 2 }, { H.tleaf(3, 4), 1 },
+      { H.leaf({ 3, 1 }), 2 }, { H.leaf({ 1, 4 }), 2 }, { H.leaf({ 4, 1, 2 }), 1 },
     }
     for _, c in ipairs(cases) do
       local what = ("dim %d of (%s)"):format(c[2], table.concat(c[1]:shape(), ", "))
-      check_grad(function(z) return mm.softmax(z, c[2]) end, { c[1] }, "softmax " .. what)
-      check_grad(function(z) return mm.log_softmax(z, c[2]) end, { c[1] }, "log_softmax " .. what)
+      H.check_grad(function(z) return mm.softmax(z, c[2]) end, { c[1] }, "softmax " .. what)
+      H.check_grad(function(z) return mm.log_softmax(z, c[2]) end, { c[1] }, "log_softmax " .. what)
     end
   end)
 
@@ -201,20 +183,20 @@ describe("cross_entropy and nll_loss", function()
 
   it("gradcheck: reductions, smoothing, ignore_index, strided logits, N = 1, C = 1", function()
     local cases = {
-      { {}, f64({ 5, 4 }), labels },
-      { { reduction = "sum" }, f64({ 5, 4 }), labels },
-      { { reduction = "none" }, f64({ 5, 4 }), labels },
-      { { label_smoothing = 0.1 }, f64({ 5, 4 }), labels },
-      { { label_smoothing = 0.3, reduction = "none", ignore_index = 4 }, f64({ 5, 4 }), labels },
-      { { ignore_index = 2 }, f64({ 5, 4 }), labels },
-      { {}, strided(5, 4), labels },
-      { { label_smoothing = 0.1 }, strided(5, 4), labels },
-      { {}, f64({ 1, 3 }), mm.tensor({ 3 }) },
-      { {}, f64({ 3, 1 }), mm.tensor({ 1, 1, 1 }) },
+      { {}, H.leaf({ 5, 4 }), labels },
+      { { reduction = "sum" }, H.leaf({ 5, 4 }), labels },
+      { { reduction = "none" }, H.leaf({ 5, 4 }), labels },
+      { { label_smoothing = 0.1 }, H.leaf({ 5, 4 }), labels },
+      { { label_smoothing = 0.3, reduction = "none", ignore_index = 4 }, H.leaf({ 5, 4 }), labels },
+      { { ignore_index = 2 }, H.leaf({ 5, 4 }), labels },
+      { {}, H.tleaf(5, 4), labels },
+      { { label_smoothing = 0.1 }, H.tleaf(5, 4), labels },
+      { {}, H.leaf({ 1, 3 }), mm.tensor({ 3 }) },
+      { {}, H.leaf({ 3, 1 }), mm.tensor({ 1, 1, 1 }) },
     }
     for i, c in ipairs(cases) do
-      check_grad(function(z) return mm.cross_entropy(z, c[3], c[1]) end, { c[2] }, "cross_entropy case " .. i)
-      check_grad(function(z) return mm.nll_loss(z, c[3], { reduction = c[1].reduction,
+      H.check_grad(function(z) return mm.cross_entropy(z, c[3], c[1]) end, { c[2] }, "cross_entropy case " .. i)
+      H.check_grad(function(z) return mm.nll_loss(z, c[3], { reduction = c[1].reduction,
                                                            ignore_index = c[1].ignore_index }) end,
                  { c[2] }, "nll_loss case " .. i)
     end
@@ -252,6 +234,42 @@ describe("cross_entropy and nll_loss", function()
   end)
 end)
 
+describe("cross_entropy rows split over threads", function()
+  before_each(function() mm.manual_seed(23) end)
+
+  it("gives the same bits on 1 and 2 threads for a training batch of logits", function()
+    local x, y = mm.randn(128, 10), mm.randint(1, 11, { 128 })
+    local x64 = mm.randn({ 300, 7 }, { dtype = "float64" })
+    local y64 = mm.randint(1, 8, { 300 })
+    H.same_bits_1_2(function()
+      local xl, xl64 = x:clone():requires_grad_(), x64:clone():requires_grad_()
+      local l = mm.nn.cross_entropy(xl, y)
+      l:backward()
+      local l64 = mm.nn.cross_entropy(xl64, y64)
+      l64:backward()
+      return l:detach(), xl.grad, l64:detach(), xl64.grad
+    end)
+  end)
+
+  it("matches log(C) for equal logits and passes a float64 check on a transposed input", function()
+    local x = mm.zeros(128, 10)
+    local y = mm.randint(1, 11, { 128 })
+    H.assert_close(mm.nn.cross_entropy(x, y), { math.log(10) }, 1e-6)
+    local xt = mm.randn({ 4, 6 }, { dtype = "float64", requires_grad = true })
+    local lab = mm.tensor({ 1, 4, 2, 3, 4, 1 }, { dtype = "int64" })
+    assert.is_true(mm.gradcheck(function(t) return mm.nn.cross_entropy(t:t(), lab) end, { xt }))
+  end)
+
+  it("rejects a label out of 1..C naming the range", function()
+    local fn = function() return mm.nn.cross_entropy(mm.randn(128, 10), mm.full({ 128 }, 11, { dtype = "int64" })) end
+    assert.has_error(fn)
+    local ok, err = pcall(fn)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("label 11", 1, true))
+    assert.truthy(tostring(err):find("expected 1..10", 1, true))
+  end)
+end)
+
 describe("mse_loss and binary_cross_entropy_with_logits", function()
   before_each(function() mm.manual_seed(41) end)
 
@@ -266,12 +284,12 @@ describe("mse_loss and binary_cross_entropy_with_logits", function()
 
   it("mse_loss gradcheck, both inputs, broadcast and strided", function()
     for _, red in ipairs({ "mean", "sum", "none" }) do
-      check_grad(function(p, q) return mm.mse_loss(p, q, { reduction = red }) end,
-                 { f64({ 3, 4 }), f64({ 3, 4 }) }, "mse " .. red)
-      check_grad(function(p, q) return mm.mse_loss(p, q, { reduction = red }) end,
-                 { strided(3, 4), f64({ 4 }) }, "mse broadcast " .. red)
-      check_grad(function(p, q) return mm.mse_loss(p, q, { reduction = red }) end,
-                 { f64({ 3, 1 }), f64({ 1, 4 }) }, "mse size-1 " .. red)
+      H.check_grad(function(p, q) return mm.mse_loss(p, q, { reduction = red }) end,
+                 { H.leaf({ 3, 4 }), H.leaf({ 3, 4 }) }, "mse " .. red)
+      H.check_grad(function(p, q) return mm.mse_loss(p, q, { reduction = red }) end,
+                 { H.tleaf(3, 4), H.leaf({ 4 }) }, "mse broadcast " .. red)
+      H.check_grad(function(p, q) return mm.mse_loss(p, q, { reduction = red }) end,
+                 { H.leaf({ 3, 1 }), H.leaf({ 1, 4 }) }, "mse size-1 " .. red)
     end
   end)
 
@@ -299,10 +317,10 @@ describe("mse_loss and binary_cross_entropy_with_logits", function()
   it("bce_with_logits gradcheck for logits and targets, broadcast", function()
     for _, red in ipairs({ "mean", "sum", "none" }) do
       local t = mm.rand({ 3, 4 }, { dtype = "float64" }):requires_grad_()
-      check_grad(function(p, q) return mm.binary_cross_entropy_with_logits(p * 3, q, { reduction = red }) end,
-                 { f64({ 3, 4 }), t }, "bce " .. red)
-      check_grad(function(p, q) return mm.binary_cross_entropy_with_logits(p, q, { reduction = red }) end,
-                 { strided(3, 4), mm.rand({ 4 }, { dtype = "float64" }):requires_grad_() }, "bce broadcast " .. red)
+      H.check_grad(function(p, q) return mm.binary_cross_entropy_with_logits(p * 3, q, { reduction = red }) end,
+                 { H.leaf({ 3, 4 }), t }, "bce " .. red)
+      H.check_grad(function(p, q) return mm.binary_cross_entropy_with_logits(p, q, { reduction = red }) end,
+                 { H.tleaf(3, 4), mm.rand({ 4 }, { dtype = "float64" }):requires_grad_() }, "bce broadcast " .. red)
     end
   end)
 end)
@@ -327,17 +345,17 @@ describe("layer_norm", function()
   end)
 
   it("gradcheck for x, weight and bias (optional), strided x, several shapes", function()
-    local w, b = f64({ 5 }), f64({ 5 })
-    check_grad(function(p, q, r) return mm.layer_norm(p, 5, q, r) end, { f64({ 4, 5 }), w, b }, "x, w, b")
-    check_grad(function(p) return mm.layer_norm(p, 5) end, { f64({ 4, 5 }) }, "x only")
-    check_grad(function(p, q) return mm.layer_norm(p, 5, q, nil) end, { strided(3, 5), w }, "strided, w")
-    check_grad(function(p, r) return mm.layer_norm(p, { 5 }, nil, r) end, { f64({ 2, 5 }), b }, "b only")
-    check_grad(function(p, q, r) return mm.layer_norm(p, { 3, 4 }, q, r) end,
-               { f64({ 2, 3, 4 }), f64({ 3, 4 }), f64({ 3, 4 }) }, "3-D over two dims")
-    check_grad(function(p, q, r) return mm.layer_norm(p, 3, q, r) end,
-               { f64({ 1, 3 }), f64({ 3 }), f64({ 3 }) }, "one row")
-    check_grad(function(p, q) return mm.layer_norm(p * 1, 5, q) end,
-               { f64({ 70, 5 }), mm.randn({ 5 }, { dtype = "float64" }):requires_grad_() }, "many rows")
+    local w, b = H.leaf({ 5 }), H.leaf({ 5 })
+    H.check_grad(function(p, q, r) return mm.layer_norm(p, 5, q, r) end, { H.leaf({ 4, 5 }), w, b }, "x, w, b")
+    H.check_grad(function(p) return mm.layer_norm(p, 5) end, { H.leaf({ 4, 5 }) }, "x only")
+    H.check_grad(function(p, q) return mm.layer_norm(p, 5, q, nil) end, { H.tleaf(3, 5), w }, "strided, w")
+    H.check_grad(function(p, r) return mm.layer_norm(p, { 5 }, nil, r) end, { H.leaf({ 2, 5 }), b }, "b only")
+    H.check_grad(function(p, q, r) return mm.layer_norm(p, { 3, 4 }, q, r) end,
+               { H.leaf({ 2, 3, 4 }), H.leaf({ 3, 4 }), H.leaf({ 3, 4 }) }, "3-D over two dims")
+    H.check_grad(function(p, q, r) return mm.layer_norm(p, 3, q, r) end,
+               { H.leaf({ 1, 3 }), H.leaf({ 3 }), H.leaf({ 3 }) }, "one row")
+    H.check_grad(function(p, q) return mm.layer_norm(p * 1, 5, q) end,
+               { H.leaf({ 70, 5 }), mm.randn({ 5 }, { dtype = "float64" }):requires_grad_() }, "many rows")
   end)
 end)
 
@@ -405,68 +423,68 @@ describe("fused NN ops: bad input", function()
   end)
 
   it("cross_entropy / nll_loss labels", function()
-    expect_error(function() return mm.cross_entropy(x, y:float()) end,
+    H.error_with(function() return mm.cross_entropy(x, y:float()) end,
                  "cross_entropy: expected int64 labels, got float32")
-    expect_error(function() return mm.cross_entropy(x, mm.tensor({ 1, 2, 4, 1 })) end,
+    H.error_with(function() return mm.cross_entropy(x, mm.tensor({ 1, 2, 4, 1 })) end,
                  "label 4", "1..3", "C = 3")
-    expect_error(function() return mm.cross_entropy(x, mm.tensor({ 0, 2, 3, 1 })) end,
+    H.error_with(function() return mm.cross_entropy(x, mm.tensor({ 0, 2, 3, 1 })) end,
                  "label 0", "row 1", "C = 3")
-    expect_error(function() return mm.nll_loss(x, mm.tensor({ 1, 2, 3, -1 })) end,
+    H.error_with(function() return mm.nll_loss(x, mm.tensor({ 1, 2, 3, -1 })) end,
                  "nll_loss", "label -1", "C = 3")
-    expect_error(function() return mm.nll_loss(x, y:double()) end, "expected int64 labels, got float64")
+    H.error_with(function() return mm.nll_loss(x, y:double()) end, "expected int64 labels, got float64")
   end)
 
   it("cross_entropy shapes and dtypes", function()
-    expect_error(function() return mm.cross_entropy(mm.randn({ 3 }), mm.tensor({ 1 })) end,
+    H.error_with(function() return mm.cross_entropy(mm.randn({ 3 }), mm.tensor({ 1 })) end,
                  "expected 2-D logits", "(3)")
-    expect_error(function() return mm.cross_entropy(mm.randn({ 2, 3, 4 }), y) end, "2-D", "(2, 3, 4)")
-    expect_error(function() return mm.cross_entropy(x, mm.tensor({ 1, 2, 3 })) end,
+    H.error_with(function() return mm.cross_entropy(mm.randn({ 2, 3, 4 }), y) end, "2-D", "(2, 3, 4)")
+    H.error_with(function() return mm.cross_entropy(x, mm.tensor({ 1, 2, 3 })) end,
                  "expected labels of shape (4)", "got shape (3)")
-    expect_error(function() return mm.cross_entropy(x, mm.tensor({ { 1, 2, 3, 1 } })) end,
+    H.error_with(function() return mm.cross_entropy(x, mm.tensor({ { 1, 2, 3, 1 } })) end,
                  "got shape (1, 4)")
-    expect_error(function() return mm.cross_entropy(x:long(), y) end, "float32 or float64 logits, got int64")
+    H.error_with(function() return mm.cross_entropy(x:long(), y) end, "float32 or float64 logits, got int64")
   end)
 
   it("options", function()
-    expect_error(function() return mm.cross_entropy(x, y, { reduction = "avg" }) end,
+    H.error_with(function() return mm.cross_entropy(x, y, { reduction = "avg" }) end,
                  "expected reduction 'mean', 'sum' or 'none', got 'avg'")
-    expect_error(function() return mm.cross_entropy(x, y, { reductoin = "sum" }) end, "unknown option 'reductoin'")
-    expect_error(function() return mm.cross_entropy(x, y, { label_smoothing = 1 }) end,
+    H.error_with(function() return mm.cross_entropy(x, y, { reductoin = "sum" }) end, "unknown option 'reductoin'")
+    H.error_with(function() return mm.cross_entropy(x, y, { label_smoothing = 1 }) end,
                  "label_smoothing in [0, 1), got 1")
-    expect_error(function() return mm.cross_entropy(x, y, { label_smoothing = -0.1 }) end, "got -0.1")
-    expect_error(function() return mm.cross_entropy(x, y, { ignore_index = 1.5 }) end, "ignore_index", "integer")
-    expect_error(function() return mm.nll_loss(x, y, { label_smoothing = 0.1 }) end, "unknown option 'label_smoothing'")
-    expect_error(function() return mm.mse_loss(x, x, { ignore_index = 1 }) end, "unknown option 'ignore_index'")
+    H.error_with(function() return mm.cross_entropy(x, y, { label_smoothing = -0.1 }) end, "got -0.1")
+    H.error_with(function() return mm.cross_entropy(x, y, { ignore_index = 1.5 }) end, "ignore_index", "integer")
+    H.error_with(function() return mm.nll_loss(x, y, { label_smoothing = 0.1 }) end, "unknown option 'label_smoothing'")
+    H.error_with(function() return mm.mse_loss(x, x, { ignore_index = 1 }) end, "unknown option 'ignore_index'")
   end)
 
   it("softmax dims and dtypes", function()
-    expect_error(function() return mm.softmax(x, 3) end, "dimension out of range", "got 3")
-    expect_error(function() return mm.log_softmax(x, -3) end, "dimension out of range")
-    expect_error(function() return mm.softmax(x) end, "softmax")
-    expect_error(function() return mm.softmax(y, 1) end, "softmax: expected float32 or float64 input, got int64")
+    H.error_with(function() return mm.softmax(x, 3) end, "dimension out of range", "got 3")
+    H.error_with(function() return mm.log_softmax(x, -3) end, "dimension out of range")
+    H.error_with(function() return mm.softmax(x) end, "softmax")
+    H.error_with(function() return mm.softmax(y, 1) end, "softmax: expected float32 or float64 input, got int64")
   end)
 
   it("elementwise losses", function()
-    expect_error(function() return mm.mse_loss(y, y) end, "mse_loss", "got int64")
-    expect_error(function() return mm.mse_loss(x, mm.randn({ 5 })) end, "mse_loss", "(4, 3)", "(5)")
-    expect_error(function() return mm.binary_cross_entropy_with_logits(x, y) end,
+    H.error_with(function() return mm.mse_loss(y, y) end, "mse_loss", "got int64")
+    H.error_with(function() return mm.mse_loss(x, mm.randn({ 5 })) end, "mse_loss", "(4, 3)", "(5)")
+    H.error_with(function() return mm.binary_cross_entropy_with_logits(x, y) end,
                  "binary_cross_entropy_with_logits", "got int64")
   end)
 
   it("layer_norm shapes and dtypes", function()
-    expect_error(function() return mm.layer_norm(x, 4) end, "normalized_shape (4)", "(4, 3)")
-    expect_error(function() return mm.layer_norm(x, { 2, 4, 3 }) end, "does not match")
-    expect_error(function() return mm.layer_norm(x, 3, mm.ones(4)) end, "expected weight of shape (3)", "got (4)")
-    expect_error(function() return mm.layer_norm(x, 3, nil, mm.ones(3, { dtype = "float64" })) end,
+    H.error_with(function() return mm.layer_norm(x, 4) end, "normalized_shape (4)", "(4, 3)")
+    H.error_with(function() return mm.layer_norm(x, { 2, 4, 3 }) end, "does not match")
+    H.error_with(function() return mm.layer_norm(x, 3, mm.ones(4)) end, "expected weight of shape (3)", "got (4)")
+    H.error_with(function() return mm.layer_norm(x, 3, nil, mm.ones(3, { dtype = "float64" })) end,
                  "expected bias of dtype float32", "got float64")
-    expect_error(function() return mm.layer_norm(y, 4) end, "got int64")
-    expect_error(function() return mm.layer_norm(x, "3") end, "normalized_shape")
+    H.error_with(function() return mm.layer_norm(y, 4) end, "got int64")
+    H.error_with(function() return mm.layer_norm(x, "3") end, "normalized_shape")
   end)
 
   it("dropout p and training", function()
-    expect_error(function() return mm.dropout(x, 1.5, true) end, "dropout: expected p in [0, 1], got 1.5")
-    expect_error(function() return mm.dropout(x, -0.1) end, "got -0.1")
-    expect_error(function() return mm.dropout(x, 0.5, 1) end, "boolean expected")
-    expect_error(function() return mm.dropout(y, 0.5) end, "dropout", "got int64")
+    H.error_with(function() return mm.dropout(x, 1.5, true) end, "dropout: expected p in [0, 1], got 1.5")
+    H.error_with(function() return mm.dropout(x, -0.1) end, "got -0.1")
+    H.error_with(function() return mm.dropout(x, 0.5, 1) end, "boolean expected")
+    H.error_with(function() return mm.dropout(y, 0.5) end, "dropout", "got int64")
   end)
 end)

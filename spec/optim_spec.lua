@@ -1,20 +1,16 @@
 -- optim_spec.lua — optimizers against closed-form trajectories and a plain
 -- Lua reference of the torch.optim update rules; parameter groups, state,
--- clip_grad_norm, schedulers, and the kernels' error messages.
+-- clip_grad_norm, schedulers, the fused kernels (the float32 Adam/AdamW loop
+-- agrees bit for bit between the AVX2 and portable builds and on 1 or 2
+-- threads) and their error messages.
 local mm = require "microml"
 local optim = mm.optim
-local assert_identical = require("helpers").assert_identical
+local H = require "helpers"
 
 local F64 = { dtype = "float64" }
 
 local function param(values, dtype)
   return mm.tensor(values, { dtype = dtype or "float64", requires_grad = true })
-end
-
-local function values(t)
-  local out = {}
-  for k = 1, t:numel() do out[k] = t:_get(k) end
-  return out
 end
 
 local function assert_close(expected, got, tol, what)
@@ -25,21 +21,6 @@ local function assert_close(expected, got, tol, what)
     if math.abs(e - g) > tol * (1 + math.abs(e)) then
       error(("%s: element %d expected %.17g, got %.17g"):format(what or "values", i, e, g), 2)
     end
-  end
-end
-
-local function errmsg(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
-
-local function assert_error_has(fn, ...)
-  local pieces = { ... }
-  assert.has_error(fn)
-  local msg = errmsg(fn)
-  for _, p in ipairs(pieces) do
-    assert.is_truthy(msg:find(p, 1, true), ("message %q lacks %q"):format(msg, p))
   end
 end
 
@@ -88,7 +69,7 @@ local function run(p, opt, grads, dtype)
     p.grad = mm.tensor(g, { dtype = dtype or "float64" }):reshape(p:shape())
     opt:step()
   end
-  return values(p)
+  return H.values(p)
 end
 
 local GRADS = { { 0.5, -1.5, 2.0 }, { -0.25, 0.75, 3.0 }, { 1.0, 0.1, -2.0 }, { 0.3, -0.2, 0.05 } }
@@ -104,7 +85,7 @@ describe("optim.SGD", function()
       f:backward(mm.ones_like(f))
       opt:step()
     end
-    assert_close({ 3 * 0.9 ^ 5, -1 * 0.9 ^ 5 }, values(p), 1e-14, "plain SGD")
+    assert_close({ 3 * 0.9 ^ 5, -1 * 0.9 ^ 5 }, H.values(p), 1e-14, "plain SGD")
   end)
 
   it("matches the geometric series for momentum on a constant gradient", function()
@@ -118,7 +99,7 @@ describe("optim.SGD", function()
     local s = 0
     for j = 1, 6 do s = s + (1 - m ^ j) / (1 - m) end
     assert_close({ 1 - lr * g * s }, got, 1e-14, "momentum")
-    assert_close({ g * (1 - m ^ 6) / (1 - m) }, values(opt.state[p].momentum_buffer), 1e-14, "buffer")
+    assert_close({ g * (1 - m ^ 6) / (1 - m) }, H.values(opt.state[p].momentum_buffer), 1e-14, "buffer")
   end)
 
   it("matches the reference for dampening, weight decay and Nesterov", function()
@@ -191,7 +172,7 @@ describe("optim.Adam / AdamW", function()
     local got = run(p, opt, grads)
     assert_close(ref.adam({ 0.0 }, grads, o, false), got, 1e-12, "amsgrad")
     -- v_1 = 50, v_2 = 25.005, v_3 = 12.5075: the max stays v_1
-    assert_close({ 50 }, values(opt.state[p].max_exp_avg_sq), 1e-12, "vmax")
+    assert_close({ 50 }, H.values(opt.state[p].max_exp_avg_sq), 1e-12, "vmax")
     local q = param({ 0.0 })
     o.amsgrad = false
     local plain = run(q, optim.Adam({ q }, o), grads)
@@ -216,8 +197,8 @@ describe("optim.Adam / AdamW", function()
       opt:step()
     end
     -- two momentum steps move by lr * (g + (0.9 g + g)) = 1.45 g
-    assert_close({ 1 - 1.45, 4, 2, 5 - 2.9, 3 - 5.8, 6 }, values(p), 1e-14, "transposed param")
-    assert_close({ 1 - 1.45, 2, 3 - 5.8, 4, 5 - 2.9, 6 }, values(base), 1e-14, "its base")
+    assert_close({ 1 - 1.45, 4, 2, 5 - 2.9, 3 - 5.8, 6 }, H.values(p), 1e-14, "transposed param")
+    assert_close({ 1 - 1.45, 2, 3 - 5.8, 4, 5 - 2.9, 6 }, H.values(base), 1e-14, "its base")
   end)
 
   it("allocates each state buffer once and skips parameters without a gradient", function()
@@ -227,7 +208,7 @@ describe("optim.Adam / AdamW", function()
     opt:step()
     local m, v = opt.state[p].exp_avg, opt.state[p].exp_avg_sq
     assert.is_nil(opt.state[q])
-    assert.are.same({ 3.0 }, values(q))
+    assert.are.same({ 3.0 }, H.values(q))
     for _ = 1, 3 do p.grad = mm.ones(2, F64); opt:step() end
     assert.are.equal(m, opt.state[p].exp_avg)
     assert.are.equal(v, opt.state[p].exp_avg_sq)
@@ -240,7 +221,7 @@ describe("optim.Adam / AdamW", function()
     local y = p * p                           -- saves p
     p.grad = mm.ones(2, F64)
     opt:step()
-    assert_error_has(function() y:backward(mm.ones(2, F64)) end, "modified by an in-place operation")
+    H.error_with(function() y:backward(mm.ones(2, F64)) end, "modified by an in-place operation")
   end)
 
   it("gives the same result with one thread and with two", function()
@@ -279,23 +260,23 @@ describe("parameter groups", function()
     local base = { betas = { 0.9, 0.999 }, eps = 1e-8, amsgrad = false }
     local oa = setmetatable({ lr = 0.01, weight_decay = 0 }, { __index = base })
     local ob = setmetatable({ lr = 0.1, weight_decay = 0.5 }, { __index = base })
-    assert_close(ref.adam({ 1.0 }, grads, oa, true), values(a), 1e-12, "group 1")
-    assert_close(ref.adam({ 1.0 }, grads, ob, true), values(b), 1e-12, "group 2")
+    assert_close(ref.adam({ 1.0 }, grads, oa, true), H.values(a), 1e-12, "group 1")
+    assert_close(ref.adam({ 1.0 }, grads, ob, true), H.values(b), 1e-12, "group 2")
   end)
 
   it("refuse a tensor in two groups, unknown options and bad values", function()
     local a = param({ 1.0 })
-    assert_error_has(function() optim.SGD({ { params = { a } }, { params = { a } } }) end,
+    H.error_with(function() optim.SGD({ { params = { a } }, { params = { a } } }) end,
                      "appears twice")
-    assert_error_has(function() optim.Adam({ a }, { learning_rate = 1 }) end, "unknown option 'learning_rate'")
-    assert_error_has(function() optim.Adam({ a }, { lr = -1 }) end, "expected lr in >= 0, got -1")
-    assert_error_has(function() optim.Adam({ a }, { betas = { 0.9, 1.0 } }) end, "betas[2] in [0, 1), got 1")
-    assert_error_has(function() optim.SGD({ a }, { nesterov = true }) end, "momentum > 0 and dampening = 0")
-    assert_error_has(function() optim.SGD({}) end, "at least one parameter")
-    assert_error_has(function() optim.SGD({ a, 3 }) end, "parameter 2 to be a tensor, got number")
+    H.error_with(function() optim.Adam({ a }, { learning_rate = 1 }) end, "unknown option 'learning_rate'")
+    H.error_with(function() optim.Adam({ a }, { lr = -1 }) end, "expected lr in >= 0, got -1")
+    H.error_with(function() optim.Adam({ a }, { betas = { 0.9, 1.0 } }) end, "betas[2] in [0, 1), got 1")
+    H.error_with(function() optim.SGD({ a }, { nesterov = true }) end, "momentum > 0 and dampening = 0")
+    H.error_with(function() optim.SGD({}) end, "at least one parameter")
+    H.error_with(function() optim.SGD({ a, 3 }) end, "parameter 2 to be a tensor, got number")
     local nonleaf = a * 2
-    assert_error_has(function() optim.SGD({ nonleaf }) end, "non-leaf")
-    assert_error_has(function() optim.SGD({ mm.tensor({ 1, 2 }) }) end, "float32 or float64 parameters, got int64")
+    H.error_with(function() optim.SGD({ nonleaf }) end, "non-leaf")
+    H.error_with(function() optim.SGD({ mm.tensor({ 1, 2 }) }) end, "float32 or float64 parameters, got int64")
   end)
 
   it("zero_grad sets gradients to nil, or to zeros in place", function()
@@ -304,7 +285,7 @@ describe("parameter groups", function()
     a.grad = mm.ones(2, F64)
     local g = a.grad
     opt:zero_grad(false)
-    assert.are.same({ 0, 0 }, values(g))
+    assert.are.same({ 0, 0 }, H.values(g))
     opt:zero_grad()
     assert.is_nil(a.grad)
   end)
@@ -335,9 +316,9 @@ describe("optimizer state_dict", function()
     local opt = optim.Adam({ p })
     p.grad = mm.ones(2, F64); opt:step()
     local sd = opt:state_dict()
-    assert_error_has(function() optim.Adam({ q }):load_state_dict(sd) end,
+    H.error_with(function() optim.Adam({ q }):load_state_dict(sd) end,
                      "state 'exp_avg' of parameter 1 has shape (2)", "parameter has shape (1)")
-    assert_error_has(function() optim.Adam({ { params = { p } }, { params = { q } } }):load_state_dict(sd) end,
+    H.error_with(function() optim.Adam({ { params = { p } }, { params = { q } } }):load_state_dict(sd) end,
                      "expected 2 parameter groups, got 1")
   end)
 end)
@@ -348,21 +329,21 @@ describe("optim.clip_grad_norm", function()
     a.grad = mm.tensor({ 3.0, 4.0 }, F64)
     b.grad = mm.tensor({ 12.0 }, F64)          -- c has no gradient
     assert.are.equal(13, optim.clip_grad_norm({ a, b, c }, 100))
-    assert.are.same({ 3, 4 }, values(a.grad))
+    assert.are.same({ 3, 4 }, H.values(a.grad))
     local total = optim.clip_grad_norm({ a, b, c }, 6.5)
     assert.are.equal(13, total)
     local s = 6.5 / (13 + 1e-6)
-    assert_close({ 3 * s, 4 * s }, values(a.grad), 1e-15, "a")
-    assert_close({ 12 * s }, values(b.grad), 1e-15, "b")
+    assert_close({ 3 * s, 4 * s }, H.values(a.grad), 1e-15, "a")
+    assert_close({ 12 * s }, H.values(b.grad), 1e-15, "b")
   end)
 
   it("supports the max norm and float32 gradients, and checks its arguments", function()
     local a = param({ 0.0, 0.0 }, "float32")
     a.grad = mm.tensor({ -5.0, 2.0 })
     assert.are.equal(5, optim.clip_grad_norm(a, 1, math.huge))
-    assert_close({ -5 / (5 + 1e-6), 2 / (5 + 1e-6) }, values(a.grad), 1e-6, "inf norm")
-    assert_error_has(function() optim.clip_grad_norm({ a }, -1) end, "max_norm >= 0, got -1")
-    assert_error_has(function() optim.clip_grad_norm({ a }, 1, 0) end, "norm_type > 0")
+    assert_close({ -5 / (5 + 1e-6), 2 / (5 + 1e-6) }, H.values(a.grad), 1e-6, "inf norm")
+    H.error_with(function() optim.clip_grad_norm({ a }, -1) end, "max_norm >= 0, got -1")
+    H.error_with(function() optim.clip_grad_norm({ a }, 1, 0) end, "norm_type > 0")
   end)
 end)
 
@@ -412,9 +393,9 @@ describe("schedulers", function()
     assert.are.equal(0.25, opt2.param_groups[1].lr)
     s2:step()
     assert.are.equal(0.125, opt2.param_groups[1].lr)
-    assert_error_has(function() optim.StepLR(opt, { step_size = 0 }) end, "step_size to be an integer >= 1, got 0")
-    assert_error_has(function() optim.CosineAnnealingLR(opt, { T_max = 3, warmup = 5 }) end, "warmup")
-    assert_error_has(function() optim.LinearWarmup(opt, {}) end, "warmup_steps to be an integer >= 1, got nil")
+    H.error_with(function() optim.StepLR(opt, { step_size = 0 }) end, "step_size to be an integer >= 1, got 0")
+    H.error_with(function() optim.CosineAnnealingLR(opt, { T_max = 3, warmup = 5 }) end, "warmup")
+    H.error_with(function() optim.LinearWarmup(opt, {}) end, "warmup_steps to be an integer >= 1, got nil")
   end)
 end)
 
@@ -422,21 +403,109 @@ describe("fused kernels", function()
   it("name what is wrong with their tensors", function()
     local p = mm.zeros(2, 3, F64)
     local g = mm.zeros(2, 3, F64)
-    assert_error_has(function() mm._adamw_step(p, g, mm.zeros(3, F64), mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 1) end,
+    H.error_with(function() mm._adamw_step(p, g, mm.zeros(3, F64), mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 1) end,
                      "adamw_step: expected exp_avg of the parameter's shape (2, 3), got (3)")
-    assert_error_has(function() mm._adam_step(p, mm.zeros(2, 3), mm.zeros(2, 3, F64), mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 1) end,
+    H.error_with(function() mm._adam_step(p, mm.zeros(2, 3), mm.zeros(2, 3, F64), mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 1) end,
                      "adam_step: expected grad to have the parameter's dtype float64, got float32")
-    assert_error_has(function() mm._adamw_step(p, g, mm.zeros(2, 3, F64), mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 0) end,
+    H.error_with(function() mm._adamw_step(p, g, mm.zeros(2, 3, F64), mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 0) end,
                      "step count >= 1", "got 0")
-    assert_error_has(function() mm._sgd_step(mm.zeros(2, { dtype = "int64" }), mm.zeros(2, { dtype = "int64" }), nil, 0.1, 0, 0, 0, false, true) end,
+    H.error_with(function() mm._sgd_step(mm.zeros(2, { dtype = "int64" }), mm.zeros(2, { dtype = "int64" }), nil, 0.1, 0, 0, 0, false, true) end,
                      "sgd_step: expected a float32 or float64 parameter, got int64")
-    assert_error_has(function() mm._sgd_step(p, g, nil, 0.1, 0.9, 0, 0, false, true) end,
+    H.error_with(function() mm._sgd_step(p, g, nil, 0.1, 0.9, 0, 0, false, true) end,
                      "sgd_step: expected a momentum tensor, got nothing")
     local nc = mm.zeros(3, 2, F64):t()
-    assert_error_has(function() mm._adamw_step(p, g, nc, mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 1) end,
+    H.error_with(function() mm._adamw_step(p, g, nc, mm.zeros(2, 3, F64), nil, 0.1, 0.9, 0.999, 1e-8, 0, 1) end,
                      "expected a contiguous exp_avg buffer")
-    assert_error_has(function() mm._norm_accumulate(mm.zeros(2, { dtype = "int64" })) end,
+    H.error_with(function() mm._norm_accumulate(mm.zeros(2, { dtype = "int64" })) end,
                      "expected a float32 or float64 tensor, got int64")
+  end)
+end)
+
+describe("float32 Adam/AdamW fast loop", function()
+  -- A few steps of the optimizer kernel on deterministic data; returns the
+  -- parameter and both moments as exact hex-float strings.
+  local SCRIPT = [[
+    local mm = require "microml"
+    local n, kernel, wd, threads = %d, %q, %.17g, %d
+    mm.set_num_threads(threads)
+    local i = mm.arange(n):float()
+    local p = (i * 0.37):sin()
+    local m, v = mm.zeros_like(p), mm.zeros_like(p)
+    for step = 1, 3 do
+      local g = (i * (0.11 * step)):cos() * 1e-2
+      mm[kernel](p, g, m, v, nil, 1e-3, 0.9, 0.999, 1e-8, wd, step)
+    end
+    local out = {}
+    for _, t in ipairs { p, m, v } do
+      for k = 1, n do out[#out + 1] = ("%%a"):format(t:_get(k)) end
+    end
+    io.write(table.concat(out, " "))
+  ]]
+
+  local function run_script(n, kernel, wd, threads, env)
+    local code = SCRIPT:format(n, kernel, wd, threads)
+    local cmd = ("%s lua5.4 -e %q 2>&1"):format(env or "", code)
+    local f = io.popen(cmd)
+    local out = f:read("a")
+    f:close()
+    return out
+  end
+
+  it("gives the same bits with the AVX2 and the portable build, and on 1 or 2 threads", function()
+    -- Lengths with 8-wide tails, and one spanning several parallel blocks.
+    for _, n in ipairs { 1, 13, 1000, 40003 } do
+      for _, case in ipairs { { "_adamw_step", 1e-2 }, { "_adam_step", 1e-2 }, { "_adamw_step", 0 } } do
+        local auto = run_script(n, case[1], case[2], 2)
+        assert.is_truthy(auto:match("^%-?0x"), "worker failed: " .. auto:sub(1, 300))
+        local portable = run_script(n, case[1], case[2], 1, "MICROML_KERNEL=portable")
+        assert.are.equal(auto, portable, ("%s n=%d wd=%g"):format(case[1], n, case[2]))
+      end
+    end
+  end)
+
+  it("follows the float64 update within float32 rounding", function()
+    for _, kernel in ipairs { "_adamw_step", "_adam_step" } do
+      local n = 257
+      local i = mm.arange(n):double()
+      local p64 = (i * 0.37):sin()
+      local p32 = p64:float()
+      local m64, v64, m32, v32 = mm.zeros_like(p64), mm.zeros_like(p64), mm.zeros_like(p32), mm.zeros_like(p32)
+      for step = 1, 5 do
+        local g = (i * (0.11 * step)):cos() * 1e-2
+        mm[kernel](p64, g, m64, v64, nil, 1e-2, 0.9, 0.999, 1e-8, 0.1, step)
+        mm[kernel](p32, g:float(), m32, v32, nil, 1e-2, 0.9, 0.999, 1e-8, 0.1, step)
+      end
+      local a, b = H.values(p64), H.values(p32)
+      for k = 1, n do
+        assert.is_true(math.abs(a[k] - b[k]) <= 1e-6 * (1 + math.abs(a[k])),
+                       ("%s element %d: float64 %.9g, float32 %.9g"):format(kernel, k, a[k], b[k]))
+      end
+    end
+  end)
+
+  it("computes one AdamW step in closed form", function()
+    -- Step 1 with m = v = 0: m = 0.1 g, v = 0.001 g^2, m_hat = g, v_hat = g^2,
+    -- so p = p (1 - lr wd) - lr * g / (|g| + eps).
+    local p = mm.tensor({ 1.0, -2.0, 0.5 })
+    local g = mm.tensor({ 0.25, -4.0, 0.0 })
+    local m, v = mm.zeros_like(p), mm.zeros_like(p)
+    mm._adamw_step(p, g, m, v, nil, 0.1, 0.9, 0.999, 1e-8, 0.01, 1)
+    local want = { 1.0 * 0.999 - 0.1 * 0.25 / (0.25 + 1e-8), -2.0 * 0.999 + 0.1 * 4 / (4 + 1e-8), 0.5 * 0.999 }
+    local got = H.values(p)
+    for k = 1, 3 do assert.is_true(math.abs(got[k] - want[k]) < 1e-6, ("element %d: %.9g vs %.9g"):format(k, got[k], want[k])) end
+    assert.are.same({ 0.025, -0.4, 0 }, (function()
+      local r = H.values(m)
+      for k = 1, 3 do r[k] = math.floor(r[k] * 1e6 + 0.5) / 1e6 end
+      return r
+    end)())
+  end)
+
+  it("still refuses mismatched state buffers", function()
+    local p, g = mm.zeros(4), mm.zeros(4)
+    local ok, err = pcall(mm._adamw_step, p, g, mm.zeros(3), mm.zeros(4), nil, 1e-3, 0.9, 0.999, 1e-8, 0, 1)
+    assert.is_false(ok)
+    assert.is_truthy(tostring(err):find("exp_avg", 1, true), tostring(err))
+    assert.is_truthy(tostring(err):find("(3)", 1, true), tostring(err))
   end)
 end)
 
@@ -491,7 +560,7 @@ describe("Adam over a whole group in one call (mm._adam_multi)", function()
       local a, b = make(c[4]), make(c[4])
       reference(a, c[5], c[3], 4)
       local opt = fused(b, c[5], c[2], 4)
-      for i = 1, #a do assert_identical(a[i], b[i]) end
+      for i = 1, #a do H.assert_identical(a[i], b[i]) end
       for _, p in ipairs(b) do assert.are.equal(4, opt.state[p].step) end
     end)
   end
@@ -504,7 +573,7 @@ describe("Adam over a whole group in one call (mm._adam_multi)", function()
     mm.set_num_threads(2)
     local b = make("float32"); fused(b, o, optim.AdamW, 3)
     mm.set_num_threads(before)
-    for i = 1, #a do assert_identical(a[i], b[i]) end
+    for i = 1, #a do H.assert_identical(a[i], b[i]) end
   end)
 
   it("steps a parameter without a gradient not at all, and keeps per-parameter step counts", function()
@@ -513,7 +582,7 @@ describe("Adam over a whole group in one call (mm._adam_multi)", function()
     grads_for(ps, 1); opt:step()
     local frozen = ps[2]:clone()
     grads_for(ps, 2); ps[2].grad = nil; opt:step()
-    assert_identical(frozen, ps[2])
+    H.assert_identical(frozen, ps[2])
     assert.are.equal(2, opt.state[ps[1]].step)
     assert.are.equal(1, opt.state[ps[2]].step)
     -- and the next step of ps[2] uses its own count (2), as the per-tensor kernel would
@@ -522,7 +591,7 @@ describe("Adam over a whole group in one call (mm._adam_multi)", function()
     local m, v = st.exp_avg:clone(), st.exp_avg_sq:clone()
     grads_for(ps, 3); opt:step()
     mm._adamw_step(ref, ps[2].grad, m, v, nil, 1e-3, 0.9, 0.999, 1e-8, 1e-2, 2)
-    assert_identical(ref, ps[2])
+    H.assert_identical(ref, ps[2])
   end)
 
   it("updates a non-contiguous parameter through its view", function()
@@ -538,8 +607,8 @@ describe("Adam over a whole group in one call (mm._adam_multi)", function()
     -- first AdamW step with g = 1: p * (1 - lr*wd) - lr
     local want = {}
     for k = 1, 6 do want[k] = k * (1 - 0.1 * 0.01) - 0.1 end
-    assert_close(want, values(q), 1e-6, "contiguous")
-    assert_close(want, values(base), 1e-6, "through the transposed view")
+    assert_close(want, H.values(q), 1e-6, "contiguous")
+    assert_close(want, H.values(base), 1e-6, "through the transposed view")
   end)
 
   it("checks every parameter before it updates any, and does not advance the step", function()
@@ -550,26 +619,26 @@ describe("Adam over a whole group in one call (mm._adam_multi)", function()
     for i, p in ipairs(ps) do before[i] = p:clone() end
     grads_for(ps, 2)
     opt.state[ps[3]].exp_avg = mm.zeros(9, 70)   -- a wrong buffer, third of four
-    assert_error_has(function() opt:step() end, "adamw_step (parameter 3): expected exp_avg of the parameter's shape (70, 9), got (9, 70)")
-    for i, p in ipairs(ps) do assert_identical(before[i], p) end
+    H.error_with(function() opt:step() end, "adamw_step (parameter 3): expected exp_avg of the parameter's shape (70, 9), got (9, 70)")
+    for i, p in ipairs(ps) do H.assert_identical(before[i], p) end
     for _, p in ipairs(ps) do assert.are.equal(1, opt.state[p].step) end
   end)
 
   it("names bad lists and entries", function()
     local p, g = mm.zeros(2), mm.zeros(2)
     local m, v = mm.zeros(2), mm.zeros(2)
-    assert_error_has(function() mm._adam_multi(true, { p }, { g }, { m }, {}, nil, { 1 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
+    H.error_with(function() mm._adam_multi(true, { p }, { g }, { m }, {}, nil, { 1 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
                      "expected exp_avg_sqs to have 1 entries like params, got 0")
-    assert_error_has(function() mm._adam_multi(true, { p }, { "x" }, { m }, { v }, nil, { 1 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
+    H.error_with(function() mm._adam_multi(true, { p }, { "x" }, { m }, { v }, nil, { 1 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
                      "expected a Tensor as grads[1], got string")
-    assert_error_has(function() mm._adam_multi(true, { p }, { g }, { m }, { v }, nil, { 1.5 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
+    H.error_with(function() mm._adam_multi(true, { p }, { g }, { m }, { v }, nil, { 1.5 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
                      "expected an integer as steps[1], got number")
-    assert_error_has(function() mm._adam_multi(true, { p }, { g }, { m }, { v }, nil, { 0 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
+    H.error_with(function() mm._adam_multi(true, { p }, { g }, { m }, { v }, nil, { 0 }, 0.1, 0.9, 0.999, 1e-8, 0) end,
                      "adamw_step (parameter 1): expected a step count >= 1")
     -- aliased buffers: still correct (one at a time), no race
     local q = mm.ones(4)
     mm._adam_multi(true, { q, q }, { mm.ones(4), mm.ones(4) }, { mm.zeros(4), mm.zeros(4) },
                    { mm.zeros(4), mm.zeros(4) }, nil, { 1, 1 }, 0.1, 0.9, 0.999, 1e-8, 0)
-    assert_close({ 0.8, 0.8, 0.8, 0.8 }, values(q), 1e-6, "two steps of the same tensor")
+    assert_close({ 0.8, 0.8, 0.8, 0.8 }, H.values(q), 1e-6, "two steps of the same tensor")
   end)
 end)

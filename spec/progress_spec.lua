@@ -4,6 +4,7 @@
 -- output and a fake clock makes rates and ETAs exact.
 local mm = require "microml"
 local progress = mm.progress
+local H = require "helpers"
 
 local function fake_stream()
   local s = {parts = {}}
@@ -20,15 +21,6 @@ local function fake_clock()
   local c = {t = 100}
   c.fn = function() return c.t end
   return c
-end
-
-local function count(s, plain)
-  local n, at = 0, 1
-  while true do
-    local i = s:find(plain, at, true)
-    if not i then return n end
-    n, at = n + 1, i + #plain
-  end
 end
 
 local function lines(s)
@@ -67,7 +59,7 @@ describe("progress bar on a terminal", function()
       clk.t = clk.t + 0.001                -- 1 s in all: about 10 redraws
       bar:update()
     end
-    local draws = count(out:text(), "\r")
+    local draws = H.count(out:text(), "\r")
     assert.is_true(draws >= 10 and draws <= 13, "draws: " .. draws)
     assert.truthy(out:text():find("1000/1000", 1, true))
     bar:close()

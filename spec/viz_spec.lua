@@ -11,25 +11,12 @@ local function run(cmd)
   return ok == true, how, code
 end
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
 -- Graphviz must accept the text without a word of complaint.
 local function assert_dot_parses(text)
   local input, err = os.tmpname(), os.tmpname()
-  spit(input, text)
+  H.write_file(input, text)
   local ok = run(("dot -Tsvg -o /dev/null %s 2>%s"):format(input, err))
-  local msg = slurp(err)
+  local msg = H.read_file(err)
   os.remove(input)
   os.remove(err)
   assert(ok, "dot rejected the graph: " .. msg)
@@ -72,15 +59,6 @@ local function edge_titles(nodes, edges)
   end
   table.sort(out)
   return out
-end
-
-local function count(s, plain)
-  local n, i = 0, 1
-  while true do
-    local a, b = s:find(plain, i, true)
-    if not a then return n end
-    n, i = n + 1, b + 1
-  end
 end
 
 local function g3(x) return ("%.3g"):format(x) end
@@ -156,7 +134,7 @@ describe("viz.dot", function()
     assert.truthy(one(nodes, "Mul").attrs:find("shape=ellipse", 1, true))
     -- the output is marked, and only it
     assert.truthy(one(nodes, "Add").attrs:find("peripheries=2", 1, true))
-    assert.are.equal(1, count(text, "peripheries=2"))
+    assert.are.equal(1, H.count(text, "peripheries=2"))
   end)
 
   it("draws a parameter shared by several consumers once, named from a map", function()
@@ -292,7 +270,7 @@ describe("viz.dot", function()
     H.error_with(function() viz.dot(y) end, "2101 nodes", "max_nodes = 2000", "collapse")
     H.error_with(function() viz.dot(x * 2 + 1, { max_nodes = 2 }) end, "3 nodes", "max_nodes = 2")
     local text = viz.dot(y, { max_nodes = 2101, legend = false })
-    assert.are.equal(2101, count(text, "[label="))
+    assert.are.equal(2101, H.count(text, "[label="))
   end)
 
   it("walks a 100,000-node chain without recursion", function()
@@ -301,8 +279,8 @@ describe("viz.dot", function()
     for _ = 1, 100000 do y = y * 1 end
     H.error_with(function() viz.dot(y) end, "100001 nodes", "max_nodes = 2000")
     local text = viz.dot(y, { max_nodes = 100001, legend = false })
-    assert.are.equal(100001, count(text, "[label="))
-    assert.are.equal(100000, count(text, " -> "))
+    assert.are.equal(100001, H.count(text, "[label="))
+    assert.are.equal(100000, H.count(text, " -> "))
   end)
 
   describe("collapse", function()
@@ -396,14 +374,14 @@ describe("viz.render", function()
     local y, w = graph()
     local svg = dir .. "/g.svg"
     assert.are.equal(svg, viz.render(y, svg, { params = { { "w", w } } }))
-    local s = slurp(svg)
+    local s = H.read_file(svg)
     assert.truthy(s:sub(1, 5) == "<?xml" or s:sub(1, 4) == "<svg", s:sub(1, 40))
     assert.truthy(s:find("</svg>", 1, true))
     assert.truthy(s:find(">w</text>", 1, true))          -- the parameter's name is drawn
     viz.render(y, dir .. "/g.png")
-    assert.are.equal("\137PNG", slurp(dir .. "/g.png"):sub(1, 4))
+    assert.are.equal("\137PNG", H.read_file(dir .. "/g.png"):sub(1, 4))
     viz.render(y, dir .. "/g.dot", { params = { { "w", w } } })
-    assert.are.equal(viz.dot(y, { params = { { "w", w } } }), slurp(dir .. "/g.dot"))
+    assert.are.equal(viz.dot(y, { params = { { "w", w } } }), H.read_file(dir .. "/g.dot"))
   end)
 
   it("explains a missing dot program", function()
@@ -417,7 +395,7 @@ describe("viz.render", function()
     local lua = io.popen("command -v lua5.4"):read("l")
     assert.truthy(lua, "lua5.4 not found")
     local script = dir .. "/nopath.lua"
-    spit(script, ([[
+    H.write_file(script, ([[
       package.path = %q
       package.cpath = %q
       local mm = require "microml"
@@ -433,7 +411,7 @@ describe("viz.render", function()
   it("passes on what dot printed when it fails", function()
     local y = graph()
     local fake = dir .. "/fake-dot"
-    spit(fake, "#!/bin/sh\necho 'Error: simulated layout failure' >&2\nexit 1\n")
+    H.write_file(fake, "#!/bin/sh\necho 'Error: simulated layout failure' >&2\nexit 1\n")
     assert(run("chmod +x " .. fake))
     H.error_with(function() viz.render(y, dir .. "/x.svg", { dot = fake }) end,
                  "failed", "exit 1", "simulated layout failure")
@@ -447,8 +425,8 @@ describe("viz.render", function()
     local out = io.popen(("%s %sexamples/graph.lua %s 2>&1"):format(program, root or "./", svg)):read("a")
     assert.truthy(out:find("6 parameters:", 1, true), out)
     assert.truthy(out:find("fc1.weight", 1, true), out)
-    assert.truthy(slurp(svg):find("fc3.bias", 1, true))
-    assert.truthy(slurp(dir .. "/example-modules.svg"):find("fc2", 1, true))
+    assert.truthy(H.read_file(svg):find("fc3.bias", 1, true))
+    assert.truthy(H.read_file(dir .. "/example-modules.svg"):find("fc2", 1, true))
   end)
 
   it("rejects unknown formats and bad paths", function()

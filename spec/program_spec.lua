@@ -1,49 +1,19 @@
 -- The `microml` program: scripts and `arg`, exit codes, tracebacks, options,
--- the REPL (driven through `-i` with piped input) and Ctrl-C.
+-- the REPL (driven through `-i` with piped input), Ctrl-C, and the program's
+-- own small-block Lua allocator.
 --
 -- Run by `make spec`, which sets MICROML to the built program and
 -- LUA_PATH/LUA_CPATH so the stock lua5.4 finds the module in the tree.
 -- Every command runs under `timeout`, so a broken program fails the test
 -- instead of hanging it.
+local H = require "helpers"
 
 local MICROML = assert(os.getenv("MICROML"),
   "set MICROML to the path of build/microml (make spec does)")
 
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_temp(content)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-  return path
-end
-
--- Run a shell command line with stdin from a string (or /dev/null);
--- returns stdout, stderr and the exit code.
-local function sh(cmdline, stdin)
-  local inp = write_temp(stdin or "")
-  local out, err = os.tmpname(), os.tmpname()
-  local _, how, code = os.execute(("%s < %s > %s 2> %s"):format(
-    cmdline, quote(inp), quote(out), quote(err)))
-  local o, e = read_file(out), read_file(err)
-  os.remove(inp); os.remove(out); os.remove(err)
-  if how == "signal" then code = 128 + code end
-  return o, e, code
-end
-
 -- Run microml with a string of (already quoted) arguments.
 local function microml(args, stdin)
-  return sh("timeout 20 " .. quote(MICROML) .. " " .. (args or ""), stdin)
+  return H.sh("timeout 20 " .. H.quote(MICROML) .. " " .. (args or ""), stdin)
 end
 
 local function lines(s)
@@ -76,7 +46,7 @@ describe("microml script", function()
   local script
 
   before_each(function()
-    script = write_temp([[
+    script = H.write_temp([[
 print("n", #arg, select("#", ...))
 for i = -4, #arg do print(i, arg[i]) end
 print("dots", ...)
@@ -85,7 +55,7 @@ print("dots", ...)
   after_each(function() os.remove(script) end)
 
   it("sets arg as lua does and passes the arguments as ...", function()
-    local out, err, code = microml("-e 'x = 1' " .. quote(script) .. " a 'b c'")
+    local out, err, code = microml("-e 'x = 1' " .. H.quote(script) .. " a 'b c'")
     assert.are.equal("", err)
     assert.are.equal(0, code)
     local l = lines(out)
@@ -101,9 +71,9 @@ print("dots", ...)
   end)
 
   it("builds the same arg table as the stock lua5.4", function()
-    local args = " -e 'y = 2' -- " .. quote(script) .. " 1 '' three"
+    local args = " -e 'y = 2' -- " .. H.quote(script) .. " 1 '' three"
     local ours = microml(args)
-    local theirs = sh("lua5.4" .. args)
+    local theirs = H.sh("lua5.4" .. args)
     -- arg[-n] is the interpreter itself: the only line allowed to differ.
     assert.are.equal(theirs:gsub("\n%-4\t[^\n]*", ""), (ours:gsub("\n%-4\t[^\n]*", "")))
     assert.matches("\n%-4\t" .. MICROML:gsub("%p", "%%%0") .. "\n", ours)
@@ -151,8 +121,8 @@ describe("microml exit status", function()
   end)
 
   it("prints a traceback naming the script and the line of a failure", function()
-    local script = write_temp("local function inner()\n  local t = nil\n  return t.field\nend\ninner()\n")
-    local _, err, code = microml(quote(script))
+    local script = H.write_temp("local function inner()\n  local t = nil\n  return t.field\nend\ninner()\n")
+    local _, err, code = microml(H.quote(script))
     os.remove(script)
     assert.are.equal(1, code)
     assert.matches("microml: " .. script .. ":3: attempt to index", err, 1, true)
@@ -182,10 +152,10 @@ describe("microml options", function()
   end)
 
   it("-E ignores LUA_PATH", function()
-    local out = sh("LUA_PATH='/nowhere/?.lua' timeout 20 " .. quote(MICROML) ..
+    local out = H.sh("LUA_PATH='/nowhere/?.lua' timeout 20 " .. H.quote(MICROML) ..
                    " -E -e 'print(package.path)'")
     assert.is_nil(out:find("/nowhere/", 1, true))
-    out = sh("LUA_PATH='/nowhere/?.lua' timeout 20 " .. quote(MICROML) ..
+    out = H.sh("LUA_PATH='/nowhere/?.lua' timeout 20 " .. H.quote(MICROML) ..
              " -e 'print(package.path)'")
     assert.truthy(out:find("/nowhere/", 1, true))
   end)
@@ -217,15 +187,15 @@ end)
 
 describe("microml library", function()
   it("is embedded: require works from any directory without LUA_PATH", function()
-    local out, err, code = sh("cd / && env -u LUA_PATH -u LUA_CPATH timeout 20 " ..
-      quote(MICROML) .. [[ -e 'print(type(require("microml").tensor))']])
+    local out, err, code = H.sh("cd / && env -u LUA_PATH -u LUA_CPATH timeout 20 " ..
+      H.quote(MICROML) .. [[ -e 'print(type(require("microml").tensor))']])
     assert.are.equal("", err)
     assert.are.equal(0, code)
     assert.are.equal("function\n", out)
   end)
 
   it("can be required from the stock lua5.4", function()
-    local out, err, code = sh([[timeout 20 lua5.4 -e 'local mm = require "microml"; print(type(mm), type(mm.tensor))']])
+    local out, err, code = H.sh([[timeout 20 lua5.4 -e 'local mm = require "microml"; print(type(mm), type(mm.tensor))']])
     assert.are.equal("", err)
     assert.are.equal(0, code)
     assert.are.equal("table\tfunction\n", out)
@@ -322,7 +292,7 @@ end)
 local function interrupt(args, after)
   local err, out, fifo = os.tmpname(), os.tmpname(), os.tmpname()
   os.remove(fifo)
-  local script = write_temp(([[
+  local script = H.write_temp(([[
 M=%s; ERR=%s; OUT=%s; FIFO=%s
 mkfifo "$FIFO" || exit 99
 "$M" %s < "$FIFO" > "$OUT" 2> "$ERR" & pid=$!
@@ -336,9 +306,9 @@ exec 3>&-
 wait $pid
 echo $?
 rm -f "$FIFO"
-]]):format(quote(MICROML), quote(err), quote(out), quote(fifo), args, after or ""))
-  local status = sh("timeout 15 sh " .. quote(script))
-  local o, e = read_file(out), read_file(err)
+]]):format(H.quote(MICROML), H.quote(err), H.quote(out), H.quote(fifo), args, after or ""))
+  local status = H.sh("timeout 15 sh " .. H.quote(script))
+  local o, e = H.read_file(out), H.read_file(err)
   os.remove(script); os.remove(err); os.remove(out); os.remove(fifo)
   return tonumber(status) or 124, o, e
 end
@@ -363,8 +333,8 @@ end)
 -- printed "ready" and run for `delay` seconds more.  Returns the exit
 -- status, the seconds from SIGINT to exit, and stderr.
 local function interrupt_script(source, delay, signal)
-  local path, err = write_temp(source), os.tmpname()
-  local script = write_temp(([[
+  local path, err = H.write_temp(source), os.tmpname()
+  local script = H.write_temp(([[
 "%s" %s 2> %s & pid=$!
 n=0
 until grep -q ready %s || [ $n -ge 200 ]; do sleep 0.05; n=$((n + 1)); done
@@ -374,10 +344,10 @@ kill -%s $pid
 wait $pid; st=$?
 t1=$(date +%%s.%%N)
 echo "$st $(awk "BEGIN { print $t1 - $t0 }")"
-]]):format(MICROML, quote(path), quote(err), quote(err), tostring(delay or 0.3),
+]]):format(MICROML, H.quote(path), H.quote(err), H.quote(err), tostring(delay or 0.3),
           signal or "INT"))
-  local out = sh("timeout 30 sh " .. quote(script))
-  local e = read_file(err)
+  local out = H.sh("timeout 30 sh " .. H.quote(script))
+  local e = H.read_file(err)
   os.remove(script); os.remove(path); os.remove(err)
   local st, secs = out:match("(%d+)%s+([%d%.]+)")
   return tonumber(st) or 124, tonumber(secs), e
@@ -440,6 +410,65 @@ describe("microml Ctrl-C during work", function()
     end
     os.remove(ckpt)
     -- A killed writer may leave its "<file>.tmp.<pid>"; never the file itself torn.
-    os.execute("rm -f " .. quote(ckpt) .. ".tmp.*")
+    os.execute("rm -f " .. H.quote(ckpt) .. ".tmp.*")
+  end)
+end)
+
+-- The program runs Lua on its own small-block allocator (bindings/main.c):
+-- scripts that stress every block size and growth through realloc must
+-- behave exactly as under the stock allocator, and memory must come back to
+-- the collector.
+describe("the microml program's Lua allocator", function()
+  local function run(code)
+    local path = H.write_temp(code)
+    local p = io.popen(("timeout 60 %q %q 2>&1; echo EXIT=$?"):format(MICROML, path))
+    local out = p:read("a")
+    p:close()
+    os.remove(path)
+    return out
+  end
+
+  it("runs a script that grows and shrinks blocks of every size", function()
+    assert(MICROML, "set MICROML to the path of build/microml (make spec does)")
+    local out = run [[
+      local mm = require "microml"
+      -- strings of every length 0..600 (every small class and past it), kept and dropped
+      local keep, sum = {}, 0
+      for n = 0, 600 do keep[#keep + 1] = ("x"):rep(n) .. n end
+      for i, s in ipairs(keep) do sum = sum + #s end
+      -- tables grown one slot at a time: realloc across every class boundary
+      local t = {}
+      for i = 1, 5000 do t[i] = i * 2 end
+      local tsum = 0
+      for i = 1, #t do tsum = tsum + t[i] end
+      for i = #t, 1, -1 do t[i] = nil end
+      collectgarbage()
+      -- many small tensors, with no collectgarbage(): memory stays bounded
+      local a, b = mm.rand(1), mm.rand(1)
+      local c
+      local kb0 = collectgarbage("count")
+      for _ = 1, 200000 do c = a + b end
+      local kb1 = collectgarbage("count")
+      keep = nil
+      collectgarbage(); collectgarbage()
+      print(("sum=%d tsum=%d ok=%s grew=%s live=%d"):format(sum, tsum,
+        tostring(math.abs(c:item() - (a:item() + b:item())) < 1e-6),
+        tostring(kb1 - kb0 < 16384), mm.memory_stats().bytes_live))
+    ]]
+    -- sum of #(("x"):rep(n) .. n) for n = 0..600
+    local want = 0
+    for n = 0, 600 do want = want + n + #tostring(n) end
+    assert.truthy(out:find(("sum=%d tsum=%d ok=true grew=true"):format(want, 5000 * 5001), 1, true), out)
+    assert.truthy(out:find("EXIT=0", 1, true), out)
+  end)
+
+  it("reports running out of memory as a Lua error, not a crash", function()
+    assert(MICROML, "set MICROML to the path of build/microml (make spec does)")
+    local out = run [[
+      local ok, err = pcall(string.rep, "x", 1 << 60)
+      print("caught", ok, err)
+    ]]
+    assert.truthy(out:find("caught\tfalse", 1, true), out)
+    assert.truthy(out:find("EXIT=0", 1, true), out)
   end)
 end)

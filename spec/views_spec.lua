@@ -1,5 +1,6 @@
 -- Views share storage; reshape/view/transpose/permute/narrow/select/expand/
--- squeeze/unsqueeze, views of views, and writing through them.
+-- squeeze/unsqueeze, views of views, writing through them, and the
+-- gradients that flow back through each kind of view.
 local H = require "helpers"
 local mm = H.mm
 
@@ -110,5 +111,27 @@ describe("views", function()
     assert.are.same({ 3, 0 }, z:reshape(3, 0):shape())
     H.error_with(function() z:reshape(0, -1) end, "invalid for a tensor of 0 elements")
     assert.are.same({}, z:totable())
+  end)
+end)
+
+describe("views: gradients (float64 finite differences)", function()
+  before_each(function() mm.manual_seed(11) end)
+
+  it("views: reshape, view, transpose, permute, narrow, select, expand, squeeze, unsqueeze", function()
+    local x = H.leaf(2, 3, 4)
+    local views = {
+      function(a) return a:reshape(4, 6) end, function(a) return a:view(-1) end,
+      function(a) return a:transpose(1, 3) end, function(a) return a:permute(3, 1, 2) end,
+      function(a) return a:narrow(3, 2, 2) end, function(a) return a:select(2, -1) end,
+      function(a) return a:unsqueeze(2):expand(2, 5, 3, 4) end,
+      function(a) return a:narrow(1, 1, 1):squeeze(1) end,
+      function(a) return a:transpose(1, 2):reshape(3, 8) end,
+      function(a) return a:contiguous():clone():flatten(2) end,
+      function(a) return a:double() * 1 end,
+    }
+    for i, f in ipairs(views) do
+      local ok, msg = mm.gradcheck(f, { x }, { raise = false })
+      assert(ok, ("view #%d: %s"):format(i, tostring(msg)))
+    end
   end)
 end)

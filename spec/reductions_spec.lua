@@ -4,14 +4,6 @@
 local mm = require "microml"
 local H = require "helpers"
 
-local function f64(shape) return mm.randn(shape, { dtype = "float64" }):requires_grad_() end
-
--- Asserts fn raises, and that the message contains every given piece.
-local function expect_error(fn, ...)
-  assert.has_error(fn)
-  return H.error_with(fn, ...)
-end
-
 local function same_shape(t, shape) assert.are.same(shape, t:shape()) end
 
 describe("reductions: forward values", function()
@@ -225,10 +217,10 @@ describe("reductions: gradients (float64 finite differences)", function()
     local t = mm.randn({ 4, 3 }, { dtype = "float64" }):t():requires_grad_()        -- (3, 4) strided
     local nr = mm.randn({ 3, 6 }, { dtype = "float64" }):narrow(2, 2, 4):requires_grad_()
     return {
-      { f64({ 3, 4 }), nil, false }, { f64({ 3, 4 }), 1, false }, { f64({ 3, 4 }), 2, true },
-      { f64({ 2, 3, 4 }), 2, false }, { f64({ 2, 3, 4 }), -1, true }, { f64({ 2, 3, 4 }), -3, false },
+      { H.leaf({ 3, 4 }), nil, false }, { H.leaf({ 3, 4 }), 1, false }, { H.leaf({ 3, 4 }), 2, true },
+      { H.leaf({ 2, 3, 4 }), 2, false }, { H.leaf({ 2, 3, 4 }), -1, true }, { H.leaf({ 2, 3, 4 }), -3, false },
       { t, 1, false }, { t, -1, true }, { t, nil, false }, { nr, 2, false }, { nr, nil, true },
-      { f64({ 3, 1, 4 }), 2, false }, { f64({ 1, 5 }), 1, true }, { f64({ 5 }), 1, false },
+      { H.leaf({ 3, 1, 4 }), 2, false }, { H.leaf({ 1, 5 }), 1, true }, { H.leaf({ 5 }), 1, false },
     }
   end
 
@@ -301,34 +293,34 @@ end)
 describe("reductions: bad input", function()
   it("dim out of range", function()
     local a = mm.zeros(2, 3)
-    expect_error(function() return a:sum(3) end, "dimension out of range", "got 3")
-    expect_error(function() return a:max(-3) end, "dimension out of range", "got -3")
-    expect_error(function() return a:logsumexp(0) end, "dimension out of range")
-    expect_error(function() return mm.mean(a, 5) end, "expected 1..2")
+    H.error_with(function() return a:sum(3) end, "dimension out of range", "got 3")
+    H.error_with(function() return a:max(-3) end, "dimension out of range", "got -3")
+    H.error_with(function() return a:logsumexp(0) end, "dimension out of range")
+    H.error_with(function() return mm.mean(a, 5) end, "expected 1..2")
   end)
 
   it("max/min/argmax of an empty tensor or dim", function()
-    expect_error(function() return mm.zeros(0):max() end, "max", "non-empty", "(0)")
-    expect_error(function() return mm.zeros(2, 0):min(2) end, "min", "non-empty dimension 2")
-    expect_error(function() return mm.zeros(0, 3):argmax() end, "argmax", "non-empty")
+    H.error_with(function() return mm.zeros(0):max() end, "max", "non-empty", "(0)")
+    H.error_with(function() return mm.zeros(2, 0):min(2) end, "min", "non-empty dimension 2")
+    H.error_with(function() return mm.zeros(0, 3):argmax() end, "argmax", "non-empty")
   end)
 
   it("float-only reductions refuse int64", function()
     local i = mm.tensor({ 1, 2, 3 })
-    expect_error(function() return i:mean() end, "mean: expected a float32 or float64 tensor, got int64")
-    expect_error(function() return i:var() end, "var", "got int64")
-    expect_error(function() return i:logsumexp(1) end, "logsumexp", "got int64")
-    expect_error(function() return i:norm() end, "norm", "got int64")
+    H.error_with(function() return i:mean() end, "mean: expected a float32 or float64 tensor, got int64")
+    H.error_with(function() return i:var() end, "var", "got int64")
+    H.error_with(function() return i:logsumexp(1) end, "logsumexp", "got int64")
+    H.error_with(function() return i:norm() end, "norm", "got int64")
   end)
 
   it("other bad arguments", function()
     local a = mm.ones(3)
-    expect_error(function() return a:norm(0) end, "norm: expected p > 0", "got 0")
-    expect_error(function() return a:norm(-1) end, "got -1")
-    expect_error(function() return a:sum(1, 1) end, "boolean expected")
-    expect_error(function() return a:var(1, "yes") end, "boolean expected")
-    expect_error(function() return a:logsumexp() end, "logsumexp")
-    expect_error(function() return a:sum(1.5) end, "integer")
-    expect_error(function() return mm.sum("x") end, "Tensor")
+    H.error_with(function() return a:norm(0) end, "norm: expected p > 0", "got 0")
+    H.error_with(function() return a:norm(-1) end, "got -1")
+    H.error_with(function() return a:sum(1, 1) end, "boolean expected")
+    H.error_with(function() return a:var(1, "yes") end, "boolean expected")
+    H.error_with(function() return a:logsumexp() end, "logsumexp")
+    H.error_with(function() return a:sum(1.5) end, "integer")
+    H.error_with(function() return mm.sum("x") end, "Tensor")
   end)
 end)
