@@ -73,20 +73,19 @@ mm_storage *mm_storage_new(size_t nbytes) {
     return NULL;
   }
   int c = size_class(nbytes, &cap);
+  /* The limit bounds live bytes, so it holds for a block taken from the
+   * cache as much as for a fresh one. */
+  if (stats.bytes_limit && stats.bytes_live + cap > stats.bytes_limit) {
+    mm_set_error("memory limit exceeded: allocating %zu bytes with %llu live, limit %llu bytes",
+                 nbytes, (unsigned long long)stats.bytes_live,
+                 (unsigned long long)stats.bytes_limit);
+    return NULL;
+  }
   block *b = c < NCLASSES ? freelist[c] : NULL;
   if (b) {
     freelist[c] = b->next;
     stats.bytes_cached -= cap;
   } else {
-    if (stats.bytes_limit && stats.bytes_live + cap > stats.bytes_limit) {
-      mm_storage_cache_empty();
-      if (stats.bytes_live + cap > stats.bytes_limit) {
-        mm_set_error("memory limit exceeded: allocating %zu bytes with %llu live, limit %llu bytes",
-                     nbytes, (unsigned long long)stats.bytes_live,
-                     (unsigned long long)stats.bytes_limit);
-        return NULL;
-      }
-    }
     b = sys_alloc(HEADER + cap);
     if (!b) {
       mm_storage_cache_empty();

@@ -533,7 +533,7 @@ describe("safetensors save/load", function()
 end)
 
 -- ---------------------------------------------------------------------------
-describe("checkpoints (optim.save_checkpoint / load_checkpoint)", function()
+describe("checkpoints (mm.checkpoint, re-exported as optim.save_checkpoint / load_checkpoint)", function()
   local optim = mm.optim
 
   it("round-trip tensors and plain values exactly", function()
@@ -575,6 +575,17 @@ describe("checkpoints (optim.save_checkpoint / load_checkpoint)", function()
     mm.save(path, { w = mm.ones(2) })
     H.error_with(function() optim.load_checkpoint(path) end, "has no 'microml.checkpoint' metadata")
     os.remove(path)
+  end)
+
+  it("live in mm.checkpoint; optim's names are the same functions", function()
+    assert.are.equal(mm.checkpoint.save_checkpoint, optim.save_checkpoint)
+    assert.are.equal(mm.checkpoint.load_checkpoint, optim.load_checkpoint)
+    local path = H.tmpname("ckmod")
+    mm.checkpoint.save_checkpoint(path, { step = 3, w = mm.full({ 2 }, 1.5) })
+    local back = mm.checkpoint.load_checkpoint(path)
+    os.remove(path)
+    assert.are.equal(3, back.step)
+    H.assert_close(back.w, { 1.5, 1.5 }, 0)
   end)
 end)
 
