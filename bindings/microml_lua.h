@@ -49,6 +49,7 @@ void mm_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_R
 /* Registration of the other binding files. */
 void mm_lua_open_autograd(lua_State *L, int module_idx, int methods_idx);
 void mm_lua_open_ops(lua_State *L, int module_idx, int methods_idx);
+void mm_lua_open_pointwise(lua_State *L, int module_idx, int methods_idx);
 void mm_lua_open_reduce(lua_State *L, int module_idx, int methods_idx);
 void mm_lua_open_nnops(lua_State *L, int module_idx, int methods_idx);
 void mm_lua_open_linalg(lua_State *L, int module_idx, int methods_idx);

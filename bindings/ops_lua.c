@@ -2,6 +2,7 @@
 #include "microml_lua.h"
 
 void mm_lua_open_ops(lua_State *L, int module, int methods) {
+  mm_lua_open_pointwise(L, module, methods);
   mm_lua_open_reduce(L, module, methods);
   mm_lua_open_nnops(L, module, methods);
   mm_lua_open_linalg(L, module, methods);
