@@ -209,9 +209,9 @@ bench: deps all
 PREFIX ?= /usr/local
 # microml.h and the op-family headers it includes, and pointwise.def (the op
 # table tensor.h includes for the enum mm_unary_op).
-PUBLIC_H := runtime/microml.h runtime/reduce.h runtime/nnops.h runtime/linalg.h \
-            runtime/combine.h runtime/io.h runtime/optim.h runtime/viz.h \
-            runtime/pointwise.def
+PUBLIC_H := runtime/microml.h runtime/tensor.h runtime/reduce.h runtime/nnops.h \
+            runtime/linalg.h runtime/conv.h runtime/shape.h runtime/index.h runtime/io.h \
+            runtime/optim.h runtime/viz.h runtime/pointwise.def
 LUAVER := 5.4
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/lua/$(LUAVER)/microml \

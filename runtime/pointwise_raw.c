@@ -280,14 +280,14 @@ typedef struct { mm_unary_op op; double p[MM_POINTWISE_MAX_PARAMS]; } pointwise_
 #define FW_CASE(ID, FW)                                                              \
   case MM_OP_##ID:                                                                   \
     if (so == 1 && sx == 1)                                                          \
-      for (int64_t i = 0; i < n; i++) { T x = in[i]; (void)x; o[i] = (FW); }                  \
+      for (int64_t i = 0; i < n; i++) { T x = in[i]; (void)x; o[i] = (FW); }         \
     else                                                                             \
-      for (int64_t i = 0; i < n; i++) { T x = in[i * sx]; (void)x; o[i * so] = (FW); }        \
+      for (int64_t i = 0; i < n; i++) { T x = in[i * sx]; (void)x; o[i * so] = (FW); } \
     break;
 #define FW_PROLOGUE                                                                  \
   const pointwise_ctx *c = ctx;                                                      \
-  T *o = (T *)ptr[0];                                                                  \
-  const T *in = (const T *)ptr[1];                                                     \
+  T *o = (T *)ptr[0];                                                                \
+  const T *in = (const T *)ptr[1];                                                   \
   const int64_t so = s[0] / (int64_t)sizeof(T), sx = s[1] / (int64_t)sizeof(T)
 
 static void unary_fw_f32(int64_t n, char **ptr, const int64_t *s, const void *ctx) {
@@ -351,8 +351,8 @@ static void unary_fw_i64(int64_t n, char **ptr, const int64_t *s, const void *ct
     break;
 #define BW_PROLOGUE                                                                  \
   const pointwise_ctx *c = ctx;                                                      \
-  T *o = (T *)ptr[0];                                                                  \
-  const T *gs = (const T *)ptr[1], *xs = (const T *)ptr[2], *ys = (const T *)ptr[3];       \
+  T *o = (T *)ptr[0];                                                                \
+  const T *gs = (const T *)ptr[1], *xs = (const T *)ptr[2], *ys = (const T *)ptr[3]; \
   const int64_t z = (int64_t)sizeof(T), so = s[0] / z, sg = s[1] / z, sx = s[2] / z, \
                 sy = s[3] / z
 
