@@ -82,13 +82,13 @@ deps-checks:
 	  echo "installing: $$m"; $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$m; fi
 
-$(BUILD)/runtime/%_avx2.o: runtime/%_avx2.c runtime/*.h | $(BUILD)/runtime
+$(BUILD)/runtime/%_avx2.o: runtime/%_avx2.c runtime/*.h runtime/*.def | $(BUILD)/runtime
 	$(CC) $(CFLAGS) $(AVX2_FLAGS) -c $< -o $@
-$(BUILD)/runtime/%_avx512.o: runtime/%_avx512.c runtime/*.h | $(BUILD)/runtime
+$(BUILD)/runtime/%_avx512.o: runtime/%_avx512.c runtime/*.h runtime/*.def | $(BUILD)/runtime
 	$(CC) $(CFLAGS) $(AVX512_FLAGS) -c $< -o $@
-$(BUILD)/runtime/%.o: runtime/%.c runtime/*.h | $(BUILD)/runtime
+$(BUILD)/runtime/%.o: runtime/%.c runtime/*.h runtime/*.def | $(BUILD)/runtime
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/bindings/%.o: bindings/%.c bindings/*.h runtime/*.h | $(BUILD)/bindings
+$(BUILD)/bindings/%.o: bindings/%.c bindings/*.h runtime/*.h runtime/*.def | $(BUILD)/bindings
 	$(CC) $(CFLAGS) $(LUA_INC) -c $< -o $@
 
 $(BUILD)/runtime $(BUILD)/bindings $(BUILD)/lua/microml $(BUILD)/ctest $(BUILD)/tools:
@@ -110,7 +110,7 @@ $(BUILD)/embedded_lua.c: $(LUA_SRC) $(BUILD)/tools/embed
 $(BUILD)/embedded_lua.o: $(BUILD)/embedded_lua.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(PROGRAM): bindings/main.c bindings/*.h runtime/*.h $(BUILD)/embedded_lua.o $(BIND_OBJ) $(LIB)
+$(PROGRAM): bindings/main.c bindings/*.h runtime/*.h runtime/*.def $(BUILD)/embedded_lua.o $(BIND_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $(LUA_INC) $(LDFLAGS) -o $@ bindings/main.c $(BUILD)/embedded_lua.o \
 	  $(BIND_OBJ) $(LIB) $(LUA_LIB) -ledit $(LDLIBS) -ldl
 
@@ -192,7 +192,7 @@ $(FUZZ_DIR)/obj $(FUZZ_DIR)/crashes:
 	mkdir -p $@
 $(FUZZ_DIR)/obj/%_avx2.o: runtime/%_avx2.c runtime/*.h | $(FUZZ_DIR)/obj
 	$(FUZZ_CC) $(FUZZ_FLAGS) -mavx2 -mfma -fsanitize=fuzzer-no-link,address -c $< -o $@
-$(FUZZ_DIR)/obj/%.o: runtime/%.c runtime/*.h | $(FUZZ_DIR)/obj
+$(FUZZ_DIR)/obj/%.o: runtime/%.c runtime/*.h runtime/*.def | $(FUZZ_DIR)/obj
 	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,address -c $< -o $@
 $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer,address $< $(FUZZ_OBJ) -lz -lm -pthread -o $@
@@ -223,10 +223,11 @@ PREFIX ?= /usr/local
 # headers it includes, under include/microml/ so that generic names such as
 # io.h cannot collide with other software.  A C program uses
 # #include <microml/microml.h>; the headers the runtime keeps to itself
-# (internal.h, autograd.h, iter.h, kernels) are not installed.
+# (internal.h, autograd.h, iter.h, kernels) are not installed.  pointwise.def
+# is installed: tensor.h includes the op table to declare enum mm_unary_op.
 PUBLIC_H := runtime/microml.h runtime/tensor.h runtime/reduce.h runtime/nnops.h \
             runtime/linalg.h runtime/conv.h runtime/shape.h runtime/index.h runtime/io.h \
-            runtime/optim.h runtime/viz.h
+            runtime/optim.h runtime/viz.h runtime/pointwise.def
 LUAVER := 5.4
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/lua/$(LUAVER)/microml \

@@ -1,5 +1,5 @@
 /* combine_lua.c — Lua bindings for combine.h: cat, stack, split, chunk,
- * pad, clamp, leaky_relu, index_select, gather, scatter_add, embedding,
+ * pad, index_select, gather, scatter_add, embedding,
  * one_hot.
  *
  * Lua conventions applied here: dims are 1-based (negative from the end),
@@ -134,36 +134,6 @@ static int l_pad(lua_State *L) {
   return mm_lua_push(L, mm_pad(x, (int)k, pads, value));
 }
 
-/* A bound for clamp: nil (absent) or a number. */
-static bool clamp_bound(lua_State *L, int idx, const char *name, double *out) {
-  if (lua_isnoneornil(L, idx)) return false;
-  if (lua_type(L, idx) != LUA_TNUMBER)
-    luaL_error(L, "clamp: expected %s to be a number or nil, got %s", name, luaL_typename(L, idx));
-  *out = lua_tonumber(L, idx);
-  return true;
-}
-
-/* t:clamp(min_or_nil, max_or_nil), or t:clamp{min=, max=} */
-static int m_clamp(lua_State *L) {
-  mm_tensor *t = mm_lua_check(L, 1);
-  double lo, hi;
-  int a = 2, b = 3;
-  if (lua_istable(L, 2)) {
-    lua_settop(L, 2);
-    lua_getfield(L, 2, "min");
-    lua_getfield(L, 2, "max");
-    a = 3, b = 4;   /* where the two fields landed */
-  }
-  bool has_lo = clamp_bound(L, a, "min", &lo), has_hi = clamp_bound(L, b, "max", &hi);
-  return mm_lua_push(L, mm_clamp(t, has_lo ? &lo : NULL, has_hi ? &hi : NULL));
-}
-
-/* mm.leaky_relu(x [, slope=0.01]) */
-static int l_leaky_relu(lua_State *L) {
-  mm_tensor *x = mm_lua_check(L, 1);
-  return mm_lua_push(L, mm_leaky_relu(x, luaL_optnumber(L, 2, 0.01)));
-}
-
 /* Index ops take (t, dim, idx ...): dims are checked here against t. */
 static int index_dim(lua_State *L, mm_tensor *t, const char *op) {
   if (t->ndim == 0)
@@ -274,8 +244,8 @@ void mm_lua_open_combine(lua_State *L, int module, int methods) {
     {"_index_select_start", l_index_select_start}, {"_index_select_finish", l_index_select_finish},
     {NULL, NULL}};
   static const luaL_Reg shared[] = {
-    {"split", m_split}, {"chunk", m_chunk}, {"pad", l_pad}, {"clamp", m_clamp},
-    {"leaky_relu", l_leaky_relu}, {"index_select", m_index_select}, {"gather", m_gather},
+    {"split", m_split}, {"chunk", m_chunk}, {"pad", l_pad},
+    {"index_select", m_index_select}, {"gather", m_gather},
     {"scatter_add", m_scatter_add}, {NULL, NULL}};
   mm_lua_register(L, module, methods, functions, true, false);
   mm_lua_register(L, module, methods, shared, true, true);

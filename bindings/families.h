@@ -10,6 +10,7 @@
    the Tensor methods table at `methods`. */
 void mm_lua_open_tensor(lua_State *L, int module, int methods);   /* tensor_class.c */
 void mm_lua_open_autograd(lua_State *L, int module, int methods);
+void mm_lua_open_pointwise(lua_State *L, int module, int methods);   /* the op table */
 void mm_lua_open_reduce(lua_State *L, int module, int methods);
 void mm_lua_open_nnops(lua_State *L, int module, int methods);
 void mm_lua_open_linalg(lua_State *L, int module, int methods);

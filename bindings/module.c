@@ -43,6 +43,7 @@ int luaopen_microml_core(lua_State *L) {
   /* In this order: a later family may replace an earlier one's name. */
   mm_lua_open_tensor(L, module, meth);     /* also creates the Tensor metatable */
   mm_lua_open_autograd(L, module, meth);
+  mm_lua_open_pointwise(L, module, meth);
   mm_lua_open_reduce(L, module, meth);
   mm_lua_open_nnops(L, module, meth);
   mm_lua_open_linalg(L, module, meth);

@@ -637,31 +637,9 @@ static int m_sub_(lua_State *L) { return binary_inplace(L, MM_OP_SUB, "sub_"); }
 static int m_mul_(lua_State *L) { return binary_inplace(L, MM_OP_MUL, "mul_"); }
 static int m_div_(lua_State *L) { return binary_inplace(L, MM_OP_DIV, "div_"); }
 
-#define UNARY_BINDING(NAME, OP) \
-  static int m_##NAME(lua_State *L) { return mm_lua_push(L, mm_unary(OP, mm_lua_check(L, 1))); }
-UNARY_BINDING(neg, MM_OP_NEG)
-UNARY_BINDING(abs, MM_OP_ABS)
-UNARY_BINDING(exp, MM_OP_EXP)
-UNARY_BINDING(log, MM_OP_LOG)
-UNARY_BINDING(log1p, MM_OP_LOG1P)
-UNARY_BINDING(sqrt, MM_OP_SQRT)
-UNARY_BINDING(rsqrt, MM_OP_RSQRT)
-UNARY_BINDING(sin, MM_OP_SIN)
-UNARY_BINDING(cos, MM_OP_COS)
-UNARY_BINDING(tanh, MM_OP_TANH)
-UNARY_BINDING(sigmoid, MM_OP_SIGMOID)
-UNARY_BINDING(relu, MM_OP_RELU)
-UNARY_BINDING(silu, MM_OP_SILU)
-UNARY_BINDING(sign, MM_OP_SIGN)
-
-/* gelu(x [, approximate]) — approximate = "tanh" for the tanh form. */
-static int m_gelu(lua_State *L) {
-  mm_tensor *t = mm_lua_check(L, 1);
-  const char *approx = luaL_optstring(L, 2, "none");
-  if (strcmp(approx, "tanh") && strcmp(approx, "none"))
-    luaL_argerror(L, 2, lua_pushfstring(L, "expected 'none' or 'tanh', got '%s'", approx));
-  return mm_lua_push(L, mm_unary(strcmp(approx, "tanh") ? MM_OP_GELU : MM_OP_GELU_TANH, t));
-}
+/* The unary ops are registered from pointwise.def by pointwise_lua.c; neg
+ * is also the __unm metamethod here. */
+static int m_neg(lua_State *L) { return mm_lua_push(L, mm_unary(MM_OP_NEG, mm_lua_check(L, 1))); }
 
 static int l_where(lua_State *L) {
   mm_tensor *c = mm_lua_check(L, 1);
@@ -794,10 +772,7 @@ static const luaL_Reg shared[] = {
   {"squeeze", m_squeeze}, {"unsqueeze", m_unsqueeze}, {"contiguous", m_contiguous},
   {"clone", m_clone}, {"add", m_add}, {"sub", m_sub}, {"mul", m_mul}, {"div", m_div},
   {"pow", m_pow}, {"maximum", m_maximum}, {"minimum", m_minimum}, {"eq", m_eq}, {"ne", m_ne},
-  {"lt", m_lt}, {"le", m_le}, {"gt", m_gt}, {"ge", m_ge}, {"neg", m_neg}, {"abs", m_abs},
-  {"exp", m_exp}, {"log", m_log}, {"log1p", m_log1p}, {"sqrt", m_sqrt}, {"rsqrt", m_rsqrt},
-  {"sin", m_sin}, {"cos", m_cos}, {"tanh", m_tanh}, {"sigmoid", m_sigmoid}, {"relu", m_relu},
-  {"silu", m_silu}, {"gelu", m_gelu}, {"sign", m_sign}, {"masked_fill", m_masked_fill},
+  {"lt", m_lt}, {"le", m_le}, {"gt", m_gt}, {"ge", m_ge}, {"masked_fill", m_masked_fill},
   {"numel", m_numel},
   {NULL, NULL}};
 

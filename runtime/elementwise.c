@@ -142,41 +142,109 @@ int mm_binary_scalar_inplace(mm_binary_op op, mm_tensor *a, double s) {
   return rc;
 }
 
-static const char *const unary_node_names[MM_UNARY_COUNT] = {
-  "NegBackward", "AbsBackward", "ExpBackward", "LogBackward", "Log1pBackward",
-  "SqrtBackward", "RsqrtBackward", "SinBackward", "CosBackward", "TanhBackward",
-  "SigmoidBackward", "ReluBackward", "SiluBackward", "GeluBackward", "GeluBackward",
-  "SignBackward"};
+/* ---- unary pointwise ops: the table -------------------------------------- */
 
-typedef struct { mm_unary_op op; } unary_args;
+/* What pointwise.def says about each op, indexed by the enum (designated
+ * initializers: nothing depends on the order of the lines). */
+#define I64(expr) true
+#define F_ONLY false
+#define PARAMS0 .nparams = 0
+#define PARAMS1(n0, d0) .nparams = 1, .param_names = {#n0}, .param_defaults = {d0}
+#define PARAMS2(n0, d0, n1, d1) \
+  .nparams = 2, .param_names = {#n0, #n1}, .param_defaults = {d0, d1}
+#define PARAMS2_ANY(n0, d0, n1, d1) PARAMS2(n0, d0, n1, d1), .need_one = true
+#define MM_UNARY(ID, NAME, NODE, INT64, PARAMS, FW, BW) \
+  [MM_OP_##ID] = {.name = #NAME, .node = NODE, .int64_ok = INT64, PARAMS},
+static const mm_unary_desc unary_table[MM_UNARY_COUNT] = {
+#include "pointwise.def"
+};
+#undef MM_UNARY
+#undef I64
+#undef F_ONLY
+#undef PARAMS0
+#undef PARAMS1
+#undef PARAMS2
+#undef PARAMS2_ANY
 
-/* gin = g * f'(x), the derivative computed from the saved input and output. */
+const mm_unary_desc *mm_unary_info(mm_unary_op op) {
+  return (unsigned)op < MM_UNARY_COUNT ? &unary_table[op] : NULL;
+}
+
+const char *mm_unary_name(mm_unary_op op) {
+  return (unsigned)op < MM_UNARY_COUNT ? unary_table[op].name : "?";
+}
+
+typedef struct { mm_unary_op op; double p[MM_POINTWISE_MAX_PARAMS]; } unary_args;
+
+/* gin = g * f'(x), from the saved input and output, in one raw pass (ReLU's
+ * is the fused AVX2 kernel). */
 static int unary_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
-  mm_unary_op op = ((const unary_args *)mm_node_args(n))->op;
+  const unary_args *a = mm_node_args(n);
   mm_tensor *x = n->saved[0], *y = n->saved[1];
-  if (op == MM_OP_RELU && g->dtype == x->dtype && g->ndim == x->ndim &&
-      !memcmp(g->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim))
-    return (gin[0] = mm_raw_relu_backward(g, x)) ? 0 : -1;
-  mm_tensor *d = mm_raw_unary_derivative(op, x, y);
-  if (!d) return -1;
-  gin[0] = mm_binary(MM_OP_MUL, g, d);
-  mm_tensor_release(d);
+  char b1[160], b2[160];
+  if (g->ndim != x->ndim || memcmp(g->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim)) {
+    mm_set_error("%s backward: gradient of shape %s for an output of shape %s",
+                 mm_unary_name(a->op), mm_shape_str(g->ndim, g->shape, b1, sizeof b1),
+                 mm_shape_str(x->ndim, x->shape, b2, sizeof b2));
+    return -1;
+  }
+  mm_tensor *gc = mm_raw_cast(g, x->dtype);
+  gin[0] = gc ? mm_raw_pointwise_grad(a->op, gc, x, y, a->p) : NULL;
+  mm_tensor_release(gc);
   return gin[0] ? 0 : -1;
 }
 
-mm_tensor *mm_unary(mm_unary_op op, mm_tensor *a) {
-  bool int_ok = op == MM_OP_NEG || op == MM_OP_ABS || op == MM_OP_RELU || op == MM_OP_SIGN;
-  if (a->dtype == MM_INT64 && !int_ok) {
-    mm_set_error("%s: expected a float32 or float64 tensor, got int64 (convert with :float())",
-                 mm_unary_name(op));
+/* Beyond this an int64 parameter cannot be represented (2^63 ~ 9.22e18). */
+#define INT64_PARAM_LIMIT 9.2e18
+
+mm_tensor *mm_pointwise(mm_unary_op op, mm_tensor *x, const double *params) {
+  const mm_unary_desc *d = mm_unary_info(op);
+  if (!d) {
+    mm_set_error("pointwise: unknown op %d", (int)op);
     return NULL;
   }
-  mm_tensor *out = mm_raw_unary(op, a);
-  if (op == MM_OP_SIGN) return out;
-  mm_op_def def = {mm_unary_name(op), unary_node_names[op], unary_backward};
-  mm_tensor *saved[2] = {a, out};
-  unary_args args = {op};
-  return mm_record(out, &def, 1, &a, 2, saved, &args, sizeof args);
+  double p[MM_POINTWISE_MAX_PARAMS] = {0};
+  for (int i = 0; i < d->nparams; i++) p[i] = params ? params[i] : d->param_defaults[i];
+  if (x->dtype == MM_INT64) {
+    if (!d->int64_ok) {
+      mm_set_error("%s: expected a float32 or float64 tensor, got int64 (convert with :float())",
+                   d->name);
+      return NULL;
+    }
+    for (int i = 0; i < d->nparams; i++)
+      if (p[i] != floor(p[i])) {   /* fractional or NaN: the result is float, as torch promotes */
+        mm_tensor *xf = mm_to_dtype(x, MM_FLOAT32);
+        mm_tensor *r = xf ? mm_pointwise(op, xf, p) : NULL;
+        mm_tensor_release(xf);
+        return r;
+      }
+    for (int i = 0; i < d->nparams; i++)
+      if (isfinite(p[i]) && fabs(p[i]) > INT64_PARAM_LIMIT) {
+        mm_set_error("%s: %s = %g is outside the int64 range", d->name, d->param_names[i], p[i]);
+        return NULL;
+      }
+  }
+  mm_tensor *out = mm_raw_pointwise(op, x, p);
+  if (!d->node) return out;   /* not differentiable (sign) */
+  mm_op_def def = {d->name, d->node, unary_backward};
+  mm_tensor *saved[2] = {x, out};
+  unary_args args = {op, {p[0], p[1]}};
+  return mm_record(out, &def, 1, &x, 2, saved, &args, sizeof args);
+}
+
+mm_tensor *mm_unary(mm_unary_op op, mm_tensor *a) { return mm_pointwise(op, a, NULL); }
+
+mm_tensor *mm_clamp(mm_tensor *x, const double *lo, const double *hi) {
+  if (!lo && !hi) {
+    mm_set_error("clamp: expected at least one of min and max, got neither");
+    return NULL;
+  }
+  double p[2] = {lo ? *lo : -INFINITY, hi ? *hi : INFINITY};   /* absent = unbounded */
+  return mm_pointwise(MM_OP_CLAMP, x, p);
+}
+
+mm_tensor *mm_leaky_relu(mm_tensor *x, double slope) {
+  return mm_pointwise(MM_OP_LEAKY_RELU, x, &slope);
 }
 
 /* ---- in-place writes, copies and casts ------------------------------------ */

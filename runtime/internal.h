@@ -44,10 +44,14 @@ mm_tensor *mm_raw_binary(mm_binary_op op, mm_tensor *a, mm_tensor *b);
 int mm_raw_binary_(mm_binary_op op, mm_tensor *a, mm_tensor *b);
 /* Result dtype of a binary op (division of integers gives float32). */
 mm_dtype mm_raw_binary_dtype(mm_binary_op op, mm_dtype a, mm_dtype b);
-/* f(x); int64 only for neg/abs/relu/sign (the caller checks). */
-mm_tensor *mm_raw_unary(mm_unary_op op, mm_tensor *a);
-/* f'(x) computed from x and y = f(x), same shape and dtype as x. */
-mm_tensor *mm_raw_unary_derivative(mm_unary_op op, mm_tensor *x, mm_tensor *y);
+/* f(x) for an op of pointwise.def with its MM_POINTWISE_MAX_PARAMS
+   parameters (never NULL); int64 only for the ops the table allows (the
+   caller checks, and checks int64 parameters are in range). */
+mm_tensor *mm_raw_pointwise(mm_unary_op op, mm_tensor *x, const double *params);
+/* g * f'(x) in one pass, from x and y = f(x); g, x and y all of x's shape
+   and float dtype.  Exactly 0 where f' is 0 (see pointwise.def). */
+mm_tensor *mm_raw_pointwise_grad(mm_unary_op op, mm_tensor *g, mm_tensor *x, mm_tensor *y,
+                                 const double *params);
 /* g * relu'(x) in one pass (g of x's shape and dtype). */
 mm_tensor *mm_raw_relu_backward(mm_tensor *g, mm_tensor *x);
 /* t in dtype dt: t itself (a new reference) when it already is. */

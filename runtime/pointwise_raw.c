@@ -218,31 +218,17 @@ int mm_raw_binary_(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
 
 
 /* ---- unary kernels ------------------------------------------------------ */
+/* Generated from pointwise.def: each kernel switches once per call on the
+ * op and runs a plain loop per op inside (no per-element dispatch), written
+ * once per element type by including the table with T a local typedef. */
 
 #define SQRT_2_OVER_PI 0.7978845608028654
 #define INV_SQRT_2 0.7071067811865476
 
-/* Forward value y = f(x), and the local derivative dy/dx from x and y. */
-#define UNARY_CASES(T)                                                              \
-  X(T, MM_OP_NEG, -x, -1)                                                              \
-  X(T, MM_OP_ABS, fabs(x), (T)((x > 0) - (x < 0)))                                     \
-  X(T, MM_OP_EXP, exp(x), y)                                                           \
-  X(T, MM_OP_LOG, log(x), 1 / x)                                                       \
-  X(T, MM_OP_LOG1P, log1p(x), 1 / (1 + x))                                             \
-  X(T, MM_OP_SQRT, sqrt(x), (T)0.5 / y)                                                \
-  X(T, MM_OP_RSQRT, 1 / sqrt(x), (T)-0.5 * y * y * y)                                  \
-  X(T, MM_OP_SIN, sin(x), cos(x))                                                      \
-  X(T, MM_OP_COS, cos(x), -sin(x))                                                     \
-  X(T, MM_OP_TANH, tanh(x), 1 - y * y)                                                 \
-  X(T, MM_OP_SIGMOID, sigmoid_##T(x), y * (1 - y))                                     \
-  X(T, MM_OP_RELU, RELU_FW(T, x), (T)(x > 0))                                 \
-  X(T, MM_OP_SILU, x * sigmoid_##T(x), silu_grad_##T(x))                               \
-  X(T, MM_OP_GELU, (T)0.5 * x * (1 + erf(x * (T)INV_SQRT_2)), gelu_grad_##T(x))        \
-  X(T, MM_OP_GELU_TANH, gelu_tanh_##T(x), gelu_tanh_grad_##T(x))                       \
-  X(T, MM_OP_SIGN, (T)((x > 0) - (x < 0)), 0)
-
-/* Stable for large |x|: never exponentiates a large positive number. */
+/* ---- unary helpers: named in pointwise.def expressions.  Each takes float
+ * or double (picked by _Generic on the argument) and computes in that type. */
 #define UNARY_HELPERS(T)                                                              \
+  /* Stable for large |x|: never exponentiates a large positive number. */          \
   static inline T sigmoid_##T(T x) {                                                  \
     if (x >= 0) return 1 / (1 + exp(-x));                                             \
     T e = exp(x);                                                                     \
@@ -261,84 +247,138 @@ int mm_raw_binary_(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
     return (T)0.5 * (1 + t) +                                                         \
            (T)0.5 * x * (1 - t * t) * (T)SQRT_2_OVER_PI * (1 + (T)(3 * 0.044715) * x * x); \
   }
-
 typedef float f32;
 typedef double f64;
+UNARY_HELPERS(f32)
+UNARY_HELPERS(f64)
+#undef UNARY_HELPERS
+#define BY_TYPE(NAME, x) _Generic((x), float: NAME##_f32, double: NAME##_f64)(x)
+#define SIGMOID(x) BY_TYPE(sigmoid, x)
+#define SILU_GRAD(x) BY_TYPE(silu_grad, x)
+#define GELU_GRAD(x) BY_TYPE(gelu_grad, x)
+#define GELU_TANH(x) BY_TYPE(gelu_tanh, x)
+#define GELU_TANH_GRAD(x) BY_TYPE(gelu_tanh_grad, x)
 /* ReLU as PyTorch defines it: x where x > 0, NaN stays NaN, everything else
  * (-inf and -0 included) is +0.  Written as a select of x or 0 on the mask
  * (x > 0 || x != x) rather than a branch: as a branch it mispredicts on
  * about half of a layer's activations and cost more than the matmul beside
  * it.  The gradient is likewise a select: g where x > 0, exactly 0 elsewhere
  * (even where g is NaN or inf), as torch's threshold_backward. */
-#define RELU_FW(T, x) ((x) > 0 || (x) != (x) ? (x) : (T)0)
-UNARY_HELPERS(f32)
-UNARY_HELPERS(f64)
+#define RELU_FW(x) ((x) > 0 || (x) != (x) ? (x) : (T)0)
+/* torch.clamp's order: the lower bound first, then the upper one; a NaN
+ * bound wins (comparisons with NaN are false, so test it explicitly). */
+#define CLAMP_LO(x, lo) ((x) < (lo) || (lo) != (lo) ? (lo) : (x))
+#define CLAMP(x, lo, hi) (CLAMP_LO(x, lo) > (hi) || (hi) != (hi) ? (hi) : CLAMP_LO(x, lo))
+/* -x for int64 wraps at INT64_MIN, as Lua's integers do (no UB). */
+#define WNEG(x) ((int64_t)(0 - (uint64_t)(x)))
 
-#define UNARY_KERNELS(T)                                                              \
-  static void unary_fw_##T(int64_t n, char **p, const int64_t *s, const void *ctx) { \
-    mm_unary_op op = *(const mm_unary_op *)ctx;                                       \
-    T *o = (T *)p[0];                                                                 \
-    const T *in = (const T *)p[1];                                                    \
-    int64_t so = s[0] / (int64_t)sizeof(T), sx = s[1] / (int64_t)sizeof(T);           \
-    switch (op) {                                                                     \
-    UNARY_CASES(T)                                                                    \
-    default: break;                                                                   \
-    }                                                                                 \
-  }
-#define X(T, OP, FW, BW)                                                                 \
-  case OP:                                                                            \
-    if (so == 1 && sx == 1)                                                           \
-      for (int64_t i = 0; i < n; i++) { T x = in[i]; o[i] = (FW); }                   \
-    else                                                                              \
-      for (int64_t i = 0; i < n; i++) { T x = in[i * sx]; o[i * so] = (FW); }         \
+/* In the table, I64(e) / F_ONLY and PARAMS*(...) are read by elementwise.c;
+ * the kernels use only the expressions. */
+typedef struct { mm_unary_op op; double p[MM_POINTWISE_MAX_PARAMS]; } pointwise_ctx;
+
+/* Forward: operands (y, x).  ctx is a pointwise_ctx. */
+#define FW_CASE(ID, FW)                                                              \
+  case MM_OP_##ID:                                                                   \
+    if (so == 1 && sx == 1)                                                          \
+      for (int64_t i = 0; i < n; i++) { T x = in[i]; (void)x; o[i] = (FW); }         \
+    else                                                                             \
+      for (int64_t i = 0; i < n; i++) { T x = in[i * sx]; (void)x; o[i * so] = (FW); } \
     break;
-UNARY_KERNELS(f32)
-UNARY_KERNELS(f64)
-#undef X
-#undef UNARY_KERNELS
+#define FW_PROLOGUE                                                                  \
+  const pointwise_ctx *c = ctx;                                                      \
+  T *o = (T *)ptr[0];                                                                \
+  const T *in = (const T *)ptr[1];                                                   \
+  const int64_t so = s[0] / (int64_t)sizeof(T), sx = s[1] / (int64_t)sizeof(T)
 
-/* Derivative kernels: operands (d, x, y). */
-#define UNARY_KERNELS(T)                                                              \
-  static void unary_bw_##T(int64_t n, char **p, const int64_t *s, const void *ctx) { \
-    mm_unary_op op = *(const mm_unary_op *)ctx;                                       \
-    T *d = (T *)p[0];                                                                 \
-    const T *xs = (const T *)p[1], *ys = (const T *)p[2];                             \
-    int64_t sd = s[0] / (int64_t)sizeof(T), sx = s[1] / (int64_t)sizeof(T),          \
-            sy = s[2] / (int64_t)sizeof(T);                                           \
-    switch (op) {                                                                     \
-    UNARY_CASES(T)                                                                    \
-    default: break;                                                                   \
-    }                                                                                 \
+static void unary_fw_f32(int64_t n, char **ptr, const int64_t *s, const void *ctx) {
+  typedef float T;
+  FW_PROLOGUE;
+  const T p[2] = {(T)c->p[0], (T)c->p[1]};
+#define MM_UNARY(ID, NAME, NODE, I64, PARAMS, FW, BW) FW_CASE(ID, FW)
+  switch (c->op) {
+#include "pointwise.def"
+  default: break;
   }
-#define X(T, OP, FW, BW)                                                                 \
-  case OP:                                                                            \
-    for (int64_t i = 0; i < n; i++) {                                                 \
-      T x = xs[i * sx], y = ys[i * sy];                                               \
-      (void)x, (void)y;                                                               \
-      d[i * sd] = (BW);                                                               \
-    }                                                                                 \
-    break;
-UNARY_KERNELS(f32)
-UNARY_KERNELS(f64)
-#undef X
-
-static void unary_fw_i64(int64_t n, char **p, const int64_t *s, const void *ctx) {
-  mm_unary_op op = *(const mm_unary_op *)ctx;
-  int64_t *o = (int64_t *)p[0];
-  const int64_t *in = (const int64_t *)p[1];
-  int64_t so = s[0] / 8, sx = s[1] / 8;
-  for (int64_t i = 0; i < n; i++) {
-    int64_t x = in[i * sx];
-    int64_t neg = (int64_t)(0 - (uint64_t)x);   /* -INT64_MIN wraps, as in Lua */
-    o[i * so] = op == MM_OP_NEG ? neg : op == MM_OP_ABS ? (x < 0 ? neg : x)
-              : op == MM_OP_RELU ? (x > 0 ? x : 0) : (x > 0) - (x < 0);
-  }
+#undef MM_UNARY
 }
 
-static const char *const unary_names[MM_UNARY_COUNT] = {
-  "neg", "abs", "exp", "log", "log1p", "sqrt", "rsqrt", "sin", "cos", "tanh",
-  "sigmoid", "relu", "silu", "gelu", "gelu_tanh", "sign"};
-const char *mm_unary_name(mm_unary_op op) { return unary_names[op]; }
+static void unary_fw_f64(int64_t n, char **ptr, const int64_t *s, const void *ctx) {
+  typedef double T;
+  FW_PROLOGUE;
+  const T p[2] = {c->p[0], c->p[1]};
+#define MM_UNARY(ID, NAME, NODE, I64, PARAMS, FW, BW) FW_CASE(ID, FW)
+  switch (c->op) {
+#include "pointwise.def"
+  default: break;
+  }
+#undef MM_UNARY
+}
+
+/* int64: the I64(...) column.  F_ONLY ops never get here (mm_pointwise
+ * refuses them); their case would write zeros. */
+static int64_t saturate_i64(double v) {
+  return v != v ? 0 : v <= -9.2233720368547758e18 ? INT64_MIN
+                    : v >= 9.2233720368547758e18 ? INT64_MAX : (int64_t)v;
+}
+#define I64(e) e
+#define F_ONLY 0
+static void unary_fw_i64(int64_t n, char **ptr, const int64_t *s, const void *ctx) {
+  typedef int64_t T;
+  FW_PROLOGUE;
+  /* the entry checked finite parameters are in range; infinite ones saturate */
+  const T p[2] = {saturate_i64(c->p[0]), saturate_i64(c->p[1])};
+  (void)p;
+#define MM_UNARY(ID, NAME, NODE, I64, PARAMS, FW, BW) FW_CASE(ID, I64)
+  switch (c->op) {
+#include "pointwise.def"
+  default: break;
+  }
+#undef MM_UNARY
+}
+#undef I64
+#undef F_ONLY
+
+/* Gradient: operands (gin, g, x, y) all of x's shape and dtype:
+ * gin = g * dy/dx, exactly 0 where dy/dx is 0 (see pointwise.def). */
+#define BW_CASE(ID, BW)                                                              \
+  case MM_OP_##ID:                                                                   \
+    for (int64_t i = 0; i < n; i++) {                                                \
+      T x = xs[i * sx], y = ys[i * sy];                                              \
+      (void)x, (void)y;                                                              \
+      T d = (BW);                                                                    \
+      o[i * so] = d == 0 ? (T)0 : gs[i * sg] * d;                                    \
+    }                                                                                \
+    break;
+#define BW_PROLOGUE                                                                  \
+  const pointwise_ctx *c = ctx;                                                      \
+  T *o = (T *)ptr[0];                                                                \
+  const T *gs = (const T *)ptr[1], *xs = (const T *)ptr[2], *ys = (const T *)ptr[3]; \
+  const int64_t z = (int64_t)sizeof(T), so = s[0] / z, sg = s[1] / z, sx = s[2] / z, \
+                sy = s[3] / z
+
+static void unary_bw_f32(int64_t n, char **ptr, const int64_t *s, const void *ctx) {
+  typedef float T;
+  BW_PROLOGUE;
+  const T p[2] = {(T)c->p[0], (T)c->p[1]};
+#define MM_UNARY(ID, NAME, NODE, I64, PARAMS, FW, BW) BW_CASE(ID, BW)
+  switch (c->op) {
+#include "pointwise.def"
+  default: break;
+  }
+#undef MM_UNARY
+}
+
+static void unary_bw_f64(int64_t n, char **ptr, const int64_t *s, const void *ctx) {
+  typedef double T;
+  BW_PROLOGUE;
+  const T p[2] = {c->p[0], c->p[1]};
+#define MM_UNARY(ID, NAME, NODE, I64, PARAMS, FW, BW) BW_CASE(ID, BW)
+  switch (c->op) {
+#include "pointwise.def"
+  default: break;
+  }
+#undef MM_UNARY
+}
 
 /* ReLU's gin = (x > 0 ? g : 0) in one pass, without writing the derivative
  * to a temporary and reading it back (operands: gin, g, x, all of x's dtype
@@ -520,29 +560,33 @@ WHERE_KERNEL(where_i64, int64_t)
 
 /* ---- raw unary entry points ------------------------------------------------ */
 
-mm_tensor *mm_raw_unary(mm_unary_op op, mm_tensor *a) {
+mm_tensor *mm_raw_pointwise(mm_unary_op op, mm_tensor *a, const double *params) {
   mm_tensor *out = mm_tensor_empty_unchecked(a->dtype, a->ndim, a->shape);
   if (!out) return NULL;
   if (op == MM_OP_RELU && relu_avx2_ok(a)) {
     relu_avx2_run(mm_numel(a), NULL, mm_data_ptr(a), mm_data_ptr(out));
   } else {
+    pointwise_ctx c = {op, {params[0], params[1]}};
     mm_iter it;
     mm_tensor *ops[2] = {out, a};
     mm_iter_init(&it, 2, ops, a->ndim, a->shape);
     mm_iter_run(&it, a->dtype == MM_FLOAT32 ? unary_fw_f32 : a->dtype == MM_FLOAT64 ? unary_fw_f64
-                     : unary_fw_i64, &op);
+                     : unary_fw_i64, &c);
   }
   return out;
 }
 
-mm_tensor *mm_raw_unary_derivative(mm_unary_op op, mm_tensor *x, mm_tensor *y) {
-  mm_tensor *d = mm_tensor_empty_unchecked(x->dtype, x->ndim, x->shape);
-  if (!d) return NULL;
+mm_tensor *mm_raw_pointwise_grad(mm_unary_op op, mm_tensor *g, mm_tensor *x, mm_tensor *y,
+                                 const double *params) {
+  if (op == MM_OP_RELU) return mm_raw_relu_backward(g, x);   /* the fused AVX2 path */
+  mm_tensor *o = mm_tensor_empty_unchecked(x->dtype, x->ndim, x->shape);
+  if (!o) return NULL;
+  pointwise_ctx c = {op, {params[0], params[1]}};
   mm_iter it;
-  mm_tensor *ops[3] = {d, x, y};
-  mm_iter_init(&it, 3, ops, x->ndim, x->shape);
-  mm_iter_run(&it, x->dtype == MM_FLOAT32 ? unary_bw_f32 : unary_bw_f64, &op);
-  return d;
+  mm_tensor *ops[4] = {o, g, x, y};
+  mm_iter_init(&it, 4, ops, x->ndim, x->shape);
+  mm_iter_run(&it, x->dtype == MM_FLOAT32 ? unary_bw_f32 : unary_bw_f64, &c);
+  return o;
 }
 
 mm_tensor *mm_raw_relu_backward(mm_tensor *g, mm_tensor *x) {

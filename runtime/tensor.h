@@ -180,21 +180,44 @@ int mm_binary_inplace(mm_binary_op op, mm_tensor *a, mm_tensor *b);
 int mm_binary_scalar_inplace(mm_binary_op op, mm_tensor *a, double s);
 const char *mm_binary_name(mm_binary_op op);
 
+/* Unary pointwise ops, with or without parameters: one line each in
+   pointwise.def (installed beside this header), which generates this enum,
+   the kernels, the names and the Lua bindings. */
 typedef enum {
-  MM_OP_NEG, MM_OP_ABS, MM_OP_EXP, MM_OP_LOG, MM_OP_LOG1P, MM_OP_SQRT, MM_OP_RSQRT,
-  MM_OP_SIN, MM_OP_COS, MM_OP_TANH, MM_OP_SIGMOID, MM_OP_RELU, MM_OP_SILU,
-  MM_OP_GELU, MM_OP_GELU_TANH, MM_OP_SIGN,
+#define MM_UNARY(ID, ...) MM_OP_##ID,
+#include "pointwise.def"
+#undef MM_UNARY
   MM_UNARY_COUNT
 } mm_unary_op;
-mm_tensor *mm_unary(mm_unary_op op, mm_tensor *a);
+#define MM_POINTWISE_MAX_PARAMS 2
+/* What the table says about an op. */
+typedef struct mm_unary_desc {
+  const char *name;          /* "leaky_relu" */
+  const char *node;          /* grad_fn name, or NULL: not differentiable */
+  bool int64_ok;             /* accepts int64 input (else float32/float64 only) */
+  int nparams;               /* 0..MM_POINTWISE_MAX_PARAMS */
+  bool need_one;             /* each parameter optional, at least one required (clamp) */
+  const char *param_names[MM_POINTWISE_MAX_PARAMS];   /* PyTorch's names */
+  double param_defaults[MM_POINTWISE_MAX_PARAMS];
+} mm_unary_desc;
+/* The table entry of op, or NULL if op is out of range. */
+const mm_unary_desc *mm_unary_info(mm_unary_op op);
 const char *mm_unary_name(mm_unary_op op);
+/* f(x; params): params holds the op's nparams values, or is NULL for the
+   defaults.  An int64 input (where allowed) with a non-integral parameter
+   is promoted to float32, as torch promotes; an infinite parameter
+   saturates to the int64 range, a finite one outside it is an error. */
+mm_tensor *mm_pointwise(mm_unary_op op, mm_tensor *x, const double *params);
+/* mm_pointwise with the default parameters. */
+mm_tensor *mm_unary(mm_unary_op op, mm_tensor *a);
 
 /* where(cond, a, b): a where cond != 0, else b (b NULL means 0). */
 mm_tensor *mm_where(mm_tensor *cond, mm_tensor *a, mm_tensor *b);
 mm_tensor *mm_masked_fill(mm_tensor *t, mm_tensor *mask, double value);
-/* min(max(x, lo), hi); a NULL bound is absent (at least one is required).
-   NaN inputs stay NaN.  Gradient 1 where lo <= x <= hi, else 0.  An int64
-   tensor with a non-integral bound is promoted to float32. */
+/* Wrappers over mm_pointwise kept for the C API.  clamp: min(max(x, lo),
+   hi); a NULL bound is absent (at least one is required).  NaN inputs stay
+   NaN.  Gradient 1 where lo <= x <= hi, else 0.  An int64 tensor with a
+   non-integral bound is promoted to float32. */
 mm_tensor *mm_clamp(mm_tensor *x, const double *lo, const double *hi);
 /* x for x > 0, slope * x otherwise. */
 mm_tensor *mm_leaky_relu(mm_tensor *x, double slope);

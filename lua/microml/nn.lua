@@ -703,10 +703,6 @@ local function activation(name, fn, repr)
   return cls
 end
 activation("Identity", function(_, x) return x end)
-activation("ReLU", function(_, x) return mm.relu(x) end)
-activation("Tanh", function(_, x) return mm.tanh(x) end)
-activation("Sigmoid", function(_, x) return mm.sigmoid(x) end)
-activation("SiLU", function(_, x) return mm.silu(x) end)
 local GELU = activation("GELU", function(self, x) return mm.gelu(x, self.approximate) end,
   function(self) return self.approximate == "tanh" and "approximate=tanh" or "" end)
 --- nn.GELU([approximate = "none" | "tanh"])
@@ -717,18 +713,51 @@ function GELU:init(approximate)
   end
   self.approximate = approximate
 end
-local LeakyReLU = activation("LeakyReLU", function(self, x) return mm.leaky_relu(x, self.negative_slope) end,
-  function(self) return "negative_slope=" .. self.negative_slope end)
---- nn.LeakyReLU([negative_slope = 0.01])
-function LeakyReLU:init(slope)
-  self.negative_slope = slope or 0.01
-  if type(self.negative_slope) ~= "number" then error("LeakyReLU: expected a number slope", 3) end
+
+-- Activation modules over pointwise ops: one line each, {module, op}.  The
+-- constructor takes the op's parameters (names and defaults from the
+-- pointwise table, runtime/pointwise.def) positionally or as an options
+-- table, as the function does: nn.LeakyReLU(0.2), nn.Softplus{beta = 2}.
+local pointwise_activations = {
+  { "ReLU", "relu" }, { "Tanh", "tanh" }, { "Sigmoid", "sigmoid" }, { "SiLU", "silu" },
+  { "LeakyReLU", "leaky_relu" }, { "Hardtanh", "hardtanh" }, { "ELU", "elu" },
+  { "Softplus", "softplus" },
+}
+local pointwise_params = {}
+for _, op in ipairs(mm._pointwise_ops()) do pointwise_params[op.name] = op.params end
+
+for _, entry in ipairs(pointwise_activations) do
+  local name, fn = entry[1], entry[2]
+  local params = assert(pointwise_params[fn], fn)
+  local f = mm[fn]
+  local cls = activation(name, function(self, x)
+    if #params == 0 then return f(x) end
+    return f(x, self[params[1].name], params[2] and self[params[2].name])
+  end)
+  if #params > 0 then
+    function cls:init(first, ...)
+      local args = type(first) == "table" and first or { first, ... }
+      for i, p in ipairs(params) do
+        local v = args[p.name]
+        if v == nil then v = args[i] end
+        if v == nil then v = p.default end
+        if type(v) ~= "number" then
+          error(("%s: expected %s to be a number, got %s"):format(name, p.name, type(v)), 3)
+        end
+        self[p.name] = v
+      end
+    end
+    function cls:extra_repr()
+      local parts = {}
+      for i, p in ipairs(params) do parts[i] = p.name .. "=" .. tostring(self[p.name]) end
+      return table.concat(parts, ", ")
+    end
+  end
 end
 
-local activations = {
-  relu = nn.ReLU, tanh = nn.Tanh, sigmoid = nn.Sigmoid, gelu = nn.GELU, silu = nn.SiLU,
-  leaky_relu = nn.LeakyReLU, identity = nn.Identity, none = nn.Identity,
-}
+-- MLP's activation = "<op>": every module above by its op's name.
+local activations = { gelu = nn.GELU, identity = nn.Identity, none = nn.Identity }
+for _, entry in ipairs(pointwise_activations) do activations[entry[2]] = nn[entry[1]] end
 
 --- nn.Dropout([p = 0.5]): zeroes elements with probability p in training
 -- mode and scales the rest by 1/(1-p); the identity in eval mode.
