@@ -154,6 +154,35 @@ describe("gradcheck (float64 finite differences)", function()
     assert.is_false(ok)
     assert.truthy(msg:find("analytic", 1, true))
   end)
+
+  it("leaves the inputs as given when fn raises mid-check", function()
+    local x = mm.tensor({ 1.0, 2.0, 3.0 }, { dtype = "float64", requires_grad = true })
+    local calls = 0
+    local ok, err = pcall(mm.gradcheck, function(a)
+      calls = calls + 1
+      if calls == 3 then error("boom") end   -- during the first element's perturbation
+      return a * 2
+    end, { x })
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("boom", 1, true))
+    assert.are.same({ 1, 2, 3 }, H.values(x))
+    assert.is_nil(x.grad)
+  end)
+
+  it("keeps a gradient the caller had accumulated", function()
+    local x = mm.tensor({ 1.0, 2.0 }, { dtype = "float64", requires_grad = true })
+    local w = mm.tensor({ 1.0, 1.0 }, { dtype = "float64", requires_grad = true })
+    x.grad = mm.tensor({ 5.0, 6.0 }, { dtype = "float64" })
+    assert.is_true(mm.gradcheck(function(a, b) return a * b end, { x, w }))
+    assert.are.same({ 5, 6 }, H.values(x.grad))
+    assert.is_nil(w.grad)
+  end)
+
+  it("refuses options of the wrong type", function()
+    local x = H.leaf(2)
+    H.error_with(function() mm.gradcheck(function(a) return a end, { x }, { eps = "1e-6" }) end,
+                 "expected eps to be a non-negative number")
+  end)
 end)
 
 describe("leaf gradients", function()

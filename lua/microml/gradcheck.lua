@@ -27,26 +27,13 @@ local function project(out, r)               -- <out, r> as a Lua number
   return s
 end
 
-return function(fn, inputs, opts)
-  opts = opts or {}
-  assert(type(opts) == "table", "gradcheck: expected an options table as argument 3, got " .. type(opts))
-  local eps, atol, rtol = opts.eps or 1e-6, opts.atol or 1e-5, opts.rtol or 1e-3
-  assert(type(fn) == "function", "gradcheck: expected a function as argument 1")
-  assert(type(inputs) == "table", "gradcheck: expected a table of inputs as argument 2")
-  local checked = {}
-  for i, x in ipairs(inputs) do
-    if mm.is_tensor(x) and x.requires_grad then
-      if x:dtype() ~= "float64" then
-        error(("gradcheck: input %d is %s; finite differences need float64"):format(i, x:dtype()), 2)
-      end
-      x.grad = nil
-      checked[#checked + 1] = i
-    end
-  end
-  if #checked == 0 then error("gradcheck: no input requires grad", 2) end
-
+-- The check runs inside pcall: whatever fn does (including raising), every
+-- input is left as it was given — the element being perturbed is restored
+-- and each input's .grad is put back (gradcheck computes gradients of its
+-- own and must not leave them, or wipe a gradient the caller accumulated).
+local function run(fn, inputs, checked, eps, atol, rtol, state)
   local out = fn(table.unpack(inputs))
-  if not mm.is_tensor(out) then error("gradcheck: fn must return a tensor", 2) end
+  if not mm.is_tensor(out) then error("gradcheck: fn must return a tensor", 0) end
   local r, rt = {}, mm.randn(table.unpack(out:shape()))
   for k = 1, out:numel() do r[k] = rt:_get(k) end
   rt = mm.tensor(r, { dtype = "float64" }):reshape(out:shape())
@@ -58,11 +45,13 @@ return function(fn, inputs, opts)
     local g = x.grad
     for k = 1, x:numel() do
       local orig = x:_get(k)
+      state.x, state.k, state.orig = x, k, orig
       x:_set(k, orig + eps)
       local fp = mm.no_grad(function() return project(fn(table.unpack(inputs)), r) end)
       x:_set(k, orig - eps)
       local fm = mm.no_grad(function() return project(fn(table.unpack(inputs)), r) end)
       x:_set(k, orig)
+      state.x = nil
       local numeric = (fp - fm) / (2 * eps)
       local analytic = g and g:_get(k) or 0
       local err = math.abs(analytic - numeric)
@@ -75,6 +64,50 @@ return function(fn, inputs, opts)
       end
     end
   end
+  return worst
+end
+
+local function option(opts, name, default)
+  local v = opts[name]
+  if v == nil then return default end
+  if type(v) ~= "number" or not (v >= 0) then
+    error(("gradcheck: expected %s to be a non-negative number, got %s"):format(name, tostring(v)), 3)
+  end
+  return v
+end
+
+return function(fn, inputs, opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("gradcheck: expected an options table as argument 3, got " .. type(opts), 2)
+  end
+  local eps, atol, rtol = option(opts, "eps", 1e-6), option(opts, "atol", 1e-5), option(opts, "rtol", 1e-3)
+  if eps == 0 then error("gradcheck: expected eps > 0, got 0", 2) end
+  if type(fn) ~= "function" then error("gradcheck: expected a function as argument 1, got " .. type(fn), 2) end
+  if type(inputs) ~= "table" then
+    error("gradcheck: expected a table of inputs as argument 2, got " .. type(inputs), 2)
+  end
+  local checked, saved_grads = {}, {}
+  for i, x in ipairs(inputs) do
+    if mm.is_tensor(x) and x.requires_grad then
+      if x:dtype() ~= "float64" then
+        error(("gradcheck: input %d is %s; finite differences need float64"):format(i, x:dtype()), 2)
+      end
+      checked[#checked + 1] = i
+    end
+  end
+  if #checked == 0 then error("gradcheck: no input requires grad", 2) end
+  for _, i in ipairs(checked) do
+    saved_grads[i] = inputs[i].grad or false
+    inputs[i].grad = nil
+  end
+
+  local state = {}
+  local ok, worst = pcall(run, fn, inputs, checked, eps, atol, rtol, state)
+  if state.x then state.x:_set(state.k, state.orig) end   -- fn raised mid-perturbation
+  for _, i in ipairs(checked) do inputs[i].grad = saved_grads[i] or nil end
+  if not ok then error(worst, 2) end
+
   if worst.err > 0 then
     local msg = ("gradcheck failed: input %d, element %s: analytic %.10g vs numeric %.10g "
                  .. "(|diff| %.3g > tolerance %.3g)"):format(worst.input,
