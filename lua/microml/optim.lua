@@ -508,16 +508,30 @@ local function new_scheduler(cls, opt, where)
   return self
 end
 
-function Scheduler:_apply()
-  for i, g in ipairs(self.optimizer.param_groups) do
-    g.lr = self:lr_at(self.last_epoch, self.base_lrs[i])
+-- Every group's lr at step t, computed before anything is changed, so a
+-- schedule that raises (a user's lambda) leaves the scheduler and the
+-- optimizer exactly as they were.
+function Scheduler:_lrs(t)
+  local lrs = {}
+  for i in ipairs(self.optimizer.param_groups) do
+    local lr = self:lr_at(t, self.base_lrs[i])
+    if type(lr) ~= "number" or lr ~= lr then
+      error(("%s: the schedule gave lr %s for group %d at step %d (expected a number)")
+            :format(self.name, tostring(lr), i, t), 3)
+    end
+    lrs[i] = lr
   end
+  return lrs
+end
+function Scheduler:_apply()
+  for i, lr in ipairs(self:_lrs(self.last_epoch)) do self.optimizer.param_groups[i].lr = lr end
 end
 
 --- Advances the schedule by one step and sets each group's lr.
 function Scheduler:step()
+  local lrs = self:_lrs(self.last_epoch + 1)
   self.last_epoch = self.last_epoch + 1
-  self:_apply()
+  for i, lr in ipairs(lrs) do self.optimizer.param_groups[i].lr = lr end
 end
 
 --- The lr of each group as last set (a list).
@@ -624,7 +638,13 @@ function M.LinearWarmup(opt, opts)
   return self
 end
 
-local Lambda = scheduler_class("LambdaLR", function(self, t, base) return base * self.fn(t) end)
+local Lambda = scheduler_class("LambdaLR", function(self, t, base)
+  local f = self.fn(t)
+  if type(f) ~= "number" then
+    error(("LambdaLR: the lambda returned %s at step %d (expected a number)"):format(type(f), t), 0)
+  end
+  return base * f
+end)
 
 --- optim.LambdaLR(opt, fn): lr = base * fn(t).
 function M.LambdaLR(opt, fn)
