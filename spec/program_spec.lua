@@ -370,8 +370,12 @@ describe("microml Ctrl-C during work", function()
     assert.are.equal(1, status, err)
     assert.matches("interrupted", err, 1, true)
     -- One step takes tens of milliseconds; the hook fires at the next Lua
-    -- instruction after the kernel returns.
-    assert.is_true(secs and secs < 1.0, "took " .. tostring(secs) .. " s to stop")
+    -- instruction after the kernel returns.  Under ASan (kernels several
+    -- times slower, and a leak check at exit) on a loaded 2-core machine the
+    -- same path measured up to 1.4 s; the bound still tells "at the next
+    -- step" from "never" (the loop is endless; the harness gives up at 30 s).
+    local limit = os.getenv("ASAN_OPTIONS") and 5.0 or 1.0
+    assert.is_true(secs and secs < limit, "took " .. tostring(secs) .. " s to stop")
     if os.getenv("MICROML_SHOW_TIMES") then print(("\nCtrl-C to exit: %.3f s"):format(secs)) end
   end)
 
