@@ -7,9 +7,10 @@
  *   mm._adam_step(p, g, m, v, vmax_or_nil, lr, beta1, beta2, eps, weight_decay, step)
  *   mm._adamw_step(p, g, m, v, vmax_or_nil, lr, beta1, beta2, eps, weight_decay, step)
  *   mm._adam_multi(decoupled, params, grads, exp_avgs, exp_avg_sqs, max_sqs_or_nil, steps,
- *                  lr, beta1, beta2, eps, weight_decay)
+ *                  lr, beta1, beta2, eps, weight_decay [, states])
  *       one step of every parameter in the list (tables of equal length; steps
- *       holds each parameter's step count), as one parallel loop
+ *       holds each parameter's new step count), as one parallel loop; with
+ *       states (their state tables), sets states[i].step = steps[i] too
  *   mm._norm_accumulate(t, p) -> sum |t|^p as a number (max |t| for p = math.huge)
  *
  * The step functions update p and the state in place and return nothing. */
@@ -57,6 +58,7 @@ static mm_tensor *list_tensor(lua_State *L, int idx, lua_Integer i, const char *
 }
 
 static int l_adam_multi(lua_State *L) {
+  lua_settop(L, 13);   /* the scratch userdata below goes to 14, after the optional states */
   bool decoupled = lua_toboolean(L, 1);
   static const char *lists[] = {"params", "grads", "exp_avgs", "exp_avg_sqs", "max_sqs", "steps"};
   bool amsgrad = !lua_isnoneornil(L, 6);
@@ -92,7 +94,30 @@ static int l_adam_multi(lua_State *L) {
                         luaL_typename(L, -1));
     lua_pop(L, 1);
   }
+  /* states (optional): each parameter's state table, whose `step` is set to
+   * steps[i] here, in the same C call as the update, so an interrupt (which
+   * Lua delivers between instructions) can never fall between the two. */
+  bool states = !lua_isnoneornil(L, 13);
+  if (states) {
+    luaL_checktype(L, 13, LUA_TTABLE);
+    if ((lua_Integer)lua_rawlen(L, 13) != n)
+      return luaL_error(L, "adam_step: expected states to have %d entries like params, got %d",
+                        (int)n, (int)lua_rawlen(L, 13));
+    for (lua_Integer i = 1; i <= n; i++) {
+      if (lua_rawgeti(L, 13, i) != LUA_TTABLE)
+        return luaL_error(L, "adam_step: expected a table as states[%d], got %s", (int)i,
+                          luaL_typename(L, -1));
+      lua_pop(L, 1);
+    }
+  }
   if (mm_adam_step_multi((int64_t)n, items, &o) < 0) return mm_lua_error(L);
+  for (lua_Integer i = 1; states && i <= n; i++) {
+    lua_rawgeti(L, 13, i);
+    lua_pushliteral(L, "step");
+    lua_pushinteger(L, (lua_Integer)items[i - 1].step);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  }
   return 0;
 }
 

@@ -527,6 +527,45 @@ describe("float32 Adam/AdamW fast loop", function()
   end)
 end)
 
+describe("an optimizer step interrupted at any Lua instruction", function()
+  -- The interpreter's Ctrl-C handler raises "interrupted" from a hook at the
+  -- next Lua instruction; here a count hook raises at the N-th instruction of
+  -- opt:step() for every N until a step completes.  Whatever N, the step is
+  -- all or nothing: parameters, moments and step counts agree.
+  for _, name in ipairs({ "Adam", "AdamW" }) do
+    it(name .. " leaves parameters and step counts consistent", function()
+      local completed = false
+      for n = 1, 5000 do
+        mm.manual_seed(3)
+        local a, b = mm.randn(3, 2):requires_grad_(), mm.randn(4):requires_grad_()
+        local opt = optim[name]({ a, b }, { lr = 0.1 })
+        a.grad, b.grad = mm.ones(3, 2), mm.ones(4)
+        local a0, b0 = H.values(a), H.values(b)
+        local ok, err = pcall(function()
+          debug.sethook(function() debug.sethook(); error("interrupted", 0) end, "", n)
+          opt:step()
+          debug.sethook()
+        end)
+        debug.sethook()
+        local st_a, st_b = opt.state[a], opt.state[b]
+        local step_a, step_b = st_a and st_a.step or 0, st_b and st_b.step or 0
+        local moved = H.values(a)[1] ~= a0[1]
+        assert.are.equal(moved, H.values(b)[1] ~= b0[1], "both parameters or neither")
+        assert.are.equal(moved and 1 or 0, step_a, "a's step count at N = " .. n)
+        assert.are.equal(moved and 1 or 0, step_b, "b's step count at N = " .. n)
+        if not ok then assert.are.equal("interrupted", err) end
+        if ok then completed = true; break end
+        -- a retried step after the interrupt is the one step it should be
+        if not moved then
+          opt:step()
+          assert.are.equal(1, opt.state[a].step)
+        end
+      end
+      assert.is_true(completed, "the step never completed within the sweep")
+    end)
+  end
+end)
+
 describe("Adam over a whole group in one call (mm._adam_multi)", function()
   -- A model-like set: sizes that split into many blocks, one that does not,
   -- and a 1-element bias; float32 as in training.

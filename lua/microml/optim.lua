@@ -387,6 +387,12 @@ local function adam_update_group(decoupled)
       s = { ps = {}, gs = {}, ms = {}, vs = {}, xs = {}, steps = {}, sts = {} }
       self._lists = s
     end
+    -- Empty already, unless the last step was interrupted before it cleared
+    -- them: stale entries past this step's count would be stepped again.
+    for _, f in ipairs(fields) do
+      local t = s[f]
+      for k = #t, 1, -1 do t[k] = nil end
+    end
     local ps, gs, ms, vs, xs, steps, sts = s.ps, s.gs, s.ms, s.vs, s.xs, s.steps, s.sts
     local amsgrad = g.amsgrad
     local n = 0
@@ -395,7 +401,9 @@ local function adam_update_group(decoupled)
       if grad then
         local st = self.state[p]
         if not st then st = {}; self.state[p] = st end
-        if not st.exp_avg then
+        -- Both moments or neither: a state half made by an interrupted step
+        -- (which never stepped) is made again.
+        if not (st.exp_avg and st.exp_avg_sq) then
           st.step = 0
           st.exp_avg = mm.zeros_like(p)
           st.exp_avg_sq = mm.zeros_like(p)
@@ -407,13 +415,14 @@ local function adam_update_group(decoupled)
       end
     end
     local ok, err = true, nil
+    -- The kernel checks every parameter before it updates any, and sets each
+    -- state's step count in the same C call as the update: an error leaves
+    -- both as they were, and an interrupt (delivered between Lua
+    -- instructions) cannot land between the parameters and their counts.
     if n > 0 then
       ok, err = pcall(mm._adam_multi, decoupled, ps, gs, ms, vs, amsgrad and xs or nil, steps,
-                      g.lr, g.betas[1], g.betas[2], g.eps, g.weight_decay)
+                      g.lr, g.betas[1], g.betas[2], g.eps, g.weight_decay, sts)
     end
-    -- Step counts advance only when the step happened (the kernel checks
-    -- every parameter before it updates any).
-    if ok then for k = 1, n do sts[k].step = steps[k] end end
     for _, f in ipairs(fields) do
       local t = s[f]
       for k = 1, n do t[k] = nil end
