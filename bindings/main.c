@@ -55,6 +55,11 @@ struct mm_embedded_module {
 };
 extern const struct mm_embedded_module mm_embedded_modules[];
 
+/* Scripts, -e code, stdin and REPL input load as text unless -b is given:
+ * Lua does not verify bytecode, so a corrupt or crafted precompiled file
+ * can crash the interpreter instead of raising an error. */
+static const char *chunk_mode = "t";
+
 /* ---- reporting ------------------------------------------------------------ */
 
 static void print_usage(const char *badoption) {
@@ -73,6 +78,7 @@ static void print_usage(const char *badoption) {
         "  -v        show version information\n"
         "  -E        ignore environment variables (LUA_PATH, LUA_CPATH)\n"
         "  -W        turn warnings on\n"
+        "  -b        accept precompiled (binary) chunks: script, stdin, -e, REPL\n"
         "  -h        show this help\n"
         "  --        stop handling options\n"
         "  -         stop handling options and execute stdin\n"
@@ -171,7 +177,7 @@ static int dochunk(lua_State *L, int status) {
 }
 
 static int dostring(lua_State *L, const char *code, const char *chunkname) {
-  return dochunk(L, luaL_loadbuffer(L, code, strlen(code), chunkname));
+  return dochunk(L, luaL_loadbufferx(L, code, strlen(code), chunkname, chunk_mode));
 }
 
 /* `-l g=mod` or `-l mod`: global g (or mod) = require(mod). */
@@ -221,7 +227,8 @@ static void preload_modules(lua_State *L) {
 
 /* ---- command line --------------------------------------------------------- */
 
-enum { HAS_E = 1, HAS_I = 2, HAS_V = 4, HAS_NOENV = 8, HAS_HELP = 16, BAD_ARGS = -1 };
+enum { HAS_E = 1, HAS_I = 2, HAS_V = 4, HAS_NOENV = 8, HAS_HELP = 16, HAS_BINARY = 32,
+       BAD_ARGS = -1 };
 
 /* Scan the options.  *first gets the index of the script (argc when there is
  * none), or of the offending option when BAD_ARGS is returned. */
@@ -249,9 +256,11 @@ static int collect_args(int argc, char **argv, int *first) {
       case 'E':
       case 'W':
       case 'h':
+      case 'b':
         if (a[2] != '\0') return BAD_ARGS;
         flags |= a[1] == 'i' ? HAS_I : a[1] == 'v' ? HAS_V
-               : a[1] == 'E' ? HAS_NOENV : a[1] == 'h' ? HAS_HELP : 0;
+               : a[1] == 'E' ? HAS_NOENV : a[1] == 'h' ? HAS_HELP
+               : a[1] == 'b' ? HAS_BINARY : 0;
         break;
       default:
         return BAD_ARGS;
@@ -304,7 +313,7 @@ static int run_script(lua_State *L, char **argv, int script) {
   const char *fname = argv[script];
   if (strcmp(fname, "-") == 0 && strcmp(argv[script - 1], "--") != 0)
     fname = NULL;  /* stdin */
-  int status = luaL_loadfile(L, fname);
+  int status = luaL_loadfilex(L, fname, chunk_mode);
   if (status == LUA_OK) {
     int n = push_script_args(L);
     status = docall(L, n, 0);
@@ -392,9 +401,17 @@ static int incomplete(lua_State *L, int status) {
 /* Compile the REPL input as an expression (`return <code>`) or as it is.
  * Pushes the function or the error message. */
 static int load_input(lua_State *L, const char *code, size_t len, int as_expression) {
-  if (!as_expression) return luaL_loadbuffer(L, code, len, "=stdin");
-  const char *ret = lua_pushfstring(L, "return %s", code);
-  int status = luaL_loadbuffer(L, ret, strlen(ret), "=stdin");
+  if (!as_expression) return luaL_loadbufferx(L, code, len, "=stdin", chunk_mode);
+  /* Length-aware: the line may hold a NUL byte (then Lua's lexer reports it,
+   * instead of the rest of the line silently vanishing). */
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "return ");
+  luaL_addlstring(&b, code, len);
+  luaL_pushresult(&b);
+  size_t rlen;
+  const char *ret = lua_tolstring(L, -1, &rlen);
+  int status = luaL_loadbufferx(L, ret, rlen, "=stdin", chunk_mode);
   lua_remove(L, -2);
   return status;
 }
@@ -651,6 +668,7 @@ static int pmain(lua_State *L) {
     fputs(VERSION_LINE "\n", stdout);
     fflush(stdout);
   }
+  if (flags & HAS_BINARY) chunk_mode = "bt";
   if (flags & HAS_NOENV) {  /* read by luaopen_package */
     lua_pushboolean(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
@@ -665,7 +683,7 @@ static int pmain(lua_State *L) {
     repl(L);
   } else if (script == 0 && !(flags & (HAS_E | HAS_V))) {
     if (isatty(STDIN_FILENO)) repl(L);
-    else if (dochunk(L, luaL_loadfile(L, NULL)) != LUA_OK) return 0;
+    else if (dochunk(L, luaL_loadfilex(L, NULL, chunk_mode)) != LUA_OK) return 0;
   }
   lua_pushboolean(L, 1);
   return 1;

@@ -185,6 +185,44 @@ describe("microml options", function()
   end)
 end)
 
+describe("microml precompiled chunks", function()
+  -- Lua does not verify bytecode: a crafted .luac can crash the interpreter,
+  -- so code loads as text unless -b asks for binary chunks.
+  local function luac()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(string.dump(load("print('from bytecode')")))
+    f:close()
+    return path
+  end
+
+  it("refuses a precompiled script, naming the mode, and runs it with -b", function()
+    local path = luac()
+    local out, err, code = microml(H.quote(path))
+    assert.are.equal(1, code)
+    assert.truthy(err:find("attempt to load a binary chunk (mode is 't')", 1, true), err)
+    assert.are.equal("", out)
+    out, err, code = microml("-b " .. H.quote(path))
+    os.remove(path)
+    assert.are.equal(0, code, err)
+    assert.are.equal("from bytecode\n", out)
+  end)
+
+  it("refuses binary chunks from stdin and -e as well", function()
+    local path = luac()
+    local f = assert(io.open(path, "rb"))
+    local bytes = f:read("a")
+    f:close()
+    os.remove(path)
+    local _, err, code = microml("-", bytes)
+    assert.are.equal(1, code)
+    assert.truthy(err:find("binary chunk", 1, true), err)
+    _, err, code = microml("-e " .. H.quote("\27Lua"))
+    assert.are.equal(1, code)
+    assert.truthy(err:find("binary chunk", 1, true), err)
+  end)
+end)
+
 describe("microml library", function()
   it("is embedded: require works from any directory without LUA_PATH", function()
     local out, err, code = H.sh("cd / && env -u LUA_PATH -u LUA_CPATH timeout 20 " ..
@@ -220,6 +258,11 @@ describe("microml REPL", function()
   it("separates multiple results with tabs and prints nil", function()
     local out = microml("-i", "1, 'a', nil\n")
     assert.truthy(contains(repl_values(out), "1\ta\tnil"), out)
+  end)
+
+  it("keeps a line whole when it holds a NUL byte", function()
+    local out = microml("-i", "'a\0b' .. 'c'\n")
+    assert.truthy(contains(repl_values(out), "a\0bc"), out)
   end)
 
   it("prints nothing for a statement", function()
