@@ -543,7 +543,7 @@ static int m_get(lua_State *L) {
 static int m_set(lua_State *L) {
   mm_tensor *t = mm_lua_check(L, 1);
   int64_t i = check_flat(L, t);
-  mm_set_flat(t, i, luaL_checknumber(L, 3));
+  if (mm_set_element_(t, i, luaL_checknumber(L, 3)) < 0) return mm_lua_error(L);
   return 0;
 }
 

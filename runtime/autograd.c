@@ -26,10 +26,13 @@ void mm_set_grad_enabled(bool on) { grad_off = !on; }
 void mm_autograd_set_stats(bool on) { stats_enabled = on; }
 bool mm_autograd_stats_enabled(void) { return stats_enabled; }
 
+static bool stale_view(const mm_tensor *t);
+
 bool mm_needs_grad(int n, mm_tensor *const *inputs) {
   if (grad_off) return false;
   for (int i = 0; i < n; i++)
-    if (inputs[i] && inputs[i]->requires_grad) return true;
+    if (inputs[i] && (inputs[i]->requires_grad || (inputs[i]->base && stale_view(inputs[i]))))
+      return true;
   return false;
 }
 
@@ -37,14 +40,19 @@ bool mm_needs_grad(int n, mm_tensor *const *inputs) {
  * allocation per node whatever their number or size. */
 static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
 
-mm_tensor *mm_record(mm_tensor *out, const mm_op_def *def, int nin, mm_tensor *const *in,
-                     int nsaved, mm_tensor *const *saved, const void *args, size_t args_size) {
-  if (!out || !mm_needs_grad(nin, in)) return out;
-  if (!mm_dtype_is_float(out->dtype)) {
-    mm_set_error("%s: only floating-point tensors can require gradients, got %s", def->op,
-                 mm_dtype_name(out->dtype));
-    goto fail;
-  }
+static int refresh_view(mm_tensor *t);
+
+/* A view whose storage was written since its grad_fn was made, of a base
+ * that requires grad: its history is out of date (see autograd.h). */
+static bool stale_view(const mm_tensor *t) {
+  return t->base && t->base->requires_grad && t->view_version != t->storage->version;
+}
+
+/* A node with its edges, saved tensors and arguments, not yet attached. */
+static mm_node *make_node(const mm_op_def *def, int nin, mm_tensor *const *in, int nsaved,
+                          mm_tensor *const *saved, const void *args, size_t args_size) {
+  for (int i = 0; i < nin; i++)
+    if (in[i] && stale_view(in[i]) && refresh_view(in[i]) < 0) return NULL;
   size_t off_edges = align16(sizeof(mm_node));
   size_t off_saved = off_edges + align16((size_t)nin * sizeof(mm_edge));
   size_t off_vers = off_saved + align16((size_t)nsaved * sizeof(mm_tensor *));
@@ -52,7 +60,7 @@ mm_tensor *mm_record(mm_tensor *out, const mm_op_def *def, int nin, mm_tensor *c
   mm_node *node = calloc(1, off_args + args_size);
   if (!node) {
     mm_set_error("%s: out of memory recording the autograd node", def->op);
-    goto fail;
+    return NULL;
   }
   char *base = (char *)node;
   node->refcount = 1;
@@ -90,22 +98,205 @@ mm_tensor *mm_record(mm_tensor *out, const mm_op_def *def, int nin, mm_tensor *c
       node->nsaved = k;
       mm_node_release(node);
       mm_set_error("%s: out of memory saving a tensor for backward", def->op);
-      goto fail;
+      return NULL;
     }
     node->saved[k] = alias;
     node->saved_version[k] = t->storage->version;
   }
   node->nsaved = nsaved;
-  out->grad_fn = node;
-  out->requires_grad = true;
-  node->output = out;
-  node->out_dtype = out->dtype;
-  node->out_ndim = out->ndim;
-  memcpy(node->out_shape, out->shape, sizeof(int64_t) * (size_t)out->ndim);
+  return node;
+}
+
+/* Makes node t's producer (taking over the caller's reference), replacing
+ * any producer t had. */
+static void attach_node(mm_node *node, mm_tensor *t) {
+  if (t->grad_fn) mm_autograd_detach_output(t);
+  t->grad_fn = node;
+  t->requires_grad = true;
+  node->output = t;
+  node->out_dtype = t->dtype;
+  node->out_ndim = t->ndim;
+  memcpy(node->out_shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+  if (t->base) t->view_version = t->storage->version;
+}
+
+mm_tensor *mm_record(mm_tensor *out, const mm_op_def *def, int nin, mm_tensor *const *in,
+                     int nsaved, mm_tensor *const *saved, const void *args, size_t args_size) {
+  if (!out || !mm_needs_grad(nin, in)) return out;
+  if (!mm_dtype_is_float(out->dtype)) {
+    mm_set_error("%s: only floating-point tensors can require gradients, got %s", def->op,
+                 mm_dtype_name(out->dtype));
+    mm_tensor_release(out);
+    return NULL;
+  }
+  mm_node *node = make_node(def, nin, in, nsaved, saved, args, args_size);
+  if (!node) {
+    mm_tensor_release(out);
+    return NULL;
+  }
+  attach_node(node, out);
   return out;
-fail:
-  mm_tensor_release(out);
-  return NULL;
+}
+
+/* ---- views and in-place writes ------------------------------------------------
+ * The geometry of a region of a base's storage, relative to the base: what
+ * AsStrided (a view's history rebuilt from its base) and CopySlices (a base
+ * whose region was written) need to map a gradient of the base's shape onto
+ * the region and back. */
+typedef struct {
+  int ndim, bndim;
+  int64_t shape[MM_MAX_DIMS], stride[MM_MAX_DIMS], offset;   /* the region */
+  int64_t bshape[MM_MAX_DIMS], bstride[MM_MAX_DIMS];         /* the base */
+} region_args;
+
+static region_args region_of(const mm_tensor *v, const mm_tensor *b) {
+  region_args a = {.ndim = v->ndim, .bndim = b->ndim, .offset = v->offset - b->offset};
+  memcpy(a.shape, v->shape, sizeof(int64_t) * (size_t)v->ndim);
+  memcpy(a.stride, v->stride, sizeof(int64_t) * (size_t)v->ndim);
+  memcpy(a.bshape, b->shape, sizeof(int64_t) * (size_t)b->ndim);
+  memcpy(a.bstride, b->stride, sizeof(int64_t) * (size_t)b->ndim);
+  return a;
+}
+
+/* A zeroed buffer laid out like the base (its strides, offset 0), seen as
+ * the base (*whole) and as the region (*part).  Returns the buffer. */
+static mm_tensor *base_layout(mm_dtype dt, const region_args *a, mm_tensor **whole,
+                              mm_tensor **part) {
+  int64_t extent = 1;
+  for (int d = 0; d < a->bndim; d++) {
+    if (a->bshape[d] == 0) { extent = 0; break; }
+    extent += (a->bshape[d] - 1) * a->bstride[d];
+  }
+  mm_tensor *buf = mm_tensor_zeros(dt, 1, &extent);
+  *whole = buf ? mm_tensor_view_of(buf, a->bndim, a->bshape, a->bstride, 0) : NULL;
+  *part = *whole ? mm_tensor_view_of(buf, a->ndim, a->shape, a->stride, a->offset) : NULL;
+  if (!*part) {
+    mm_tensor_release(*whole);
+    mm_tensor_release(buf);
+    *whole = NULL;
+    return NULL;
+  }
+  return buf;
+}
+
+/* A view rebuilt from its base: the gradient lands in the region of zeros
+ * of the base's shape (added, so elements a view repeats sum up). */
+static int as_strided_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
+  mm_tensor *whole, *part, *buf = base_layout(g->dtype, mm_node_args(n), &whole, &part);
+  if (!buf) return -1;
+  int rc = mm_raw_binary_(MM_OP_ADD, part, g);
+  if (rc == 0) gin[0] = mm_raw_clone(whole);
+  mm_tensor_release(part), mm_tensor_release(whole), mm_tensor_release(buf);
+  return rc == 0 && gin[0] ? 0 : -1;
+}
+static const mm_op_def AS_STRIDED = {"view", "AsStridedBackward", as_strided_backward};
+
+/* The base after a write into its region: the old base gets the gradient
+ * outside the region, the written value the gradient inside it. */
+static int copy_slices_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
+  mm_tensor *whole, *part, *buf = base_layout(g->dtype, mm_node_args(n), &whole, &part);
+  if (!buf) return -1;
+  int rc = mm_raw_copy_into(whole, g, "CopySlicesBackward");
+  if (rc == 0 && n->edges[1].needs_grad && !(gin[1] = mm_raw_clone(part))) rc = -1;
+  if (rc == 0 && n->edges[0].needs_grad) {
+    mm_raw_fill(part, 0);
+    if (!(gin[0] = mm_raw_clone(whole))) rc = -1;
+  }
+  mm_tensor_release(part), mm_tensor_release(whole), mm_tensor_release(buf);
+  return rc;
+}
+static const mm_op_def COPY_SLICES = {"copy_slices", "CopySlicesBackward", copy_slices_backward};
+
+void mm_view_set_base(mm_tensor *v, mm_tensor *base) {
+  mm_tensor *root = base->base ? base->base : base;
+  mm_tensor_retain(root);
+  v->base = root;
+  v->view_version = v->storage->version;
+}
+
+/* t's history as a view of its base's current history. */
+static int refresh_view(mm_tensor *t) {
+  region_args a = region_of(t, t->base);
+  mm_node *n = make_node(&AS_STRIDED, 1, &t->base, 0, NULL, &a, sizeof a);
+  if (!n) return -1;
+  attach_node(n, t);
+  return 0;
+}
+
+mm_tensor *mm_strided_view(mm_tensor *t, int ndim, const int64_t *shape, const int64_t *stride,
+                           int64_t offset) {
+  mm_tensor *v = mm_tensor_view_of(t, ndim, shape, stride, offset);
+  if (!v) return NULL;
+  mm_view_set_base(v, t);
+  if (mm_grad_enabled() && v->base->requires_grad && refresh_view(v) < 0) {
+    mm_tensor_release(v);
+    return NULL;
+  }
+  return v;
+}
+
+bool mm_inplace_records(const mm_tensor *self, const mm_tensor *other) {
+  return !grad_off && (self->requires_grad || (other && other->requires_grad) ||
+                       (self->base && self->base->requires_grad));
+}
+
+int mm_inplace_check(const mm_tensor *self, const char *op) {
+  if (!grad_off && self->requires_grad && !self->grad_fn) {
+    mm_set_error("%s: a leaf tensor that requires grad cannot be modified in place "
+                 "(turn grad mode off first, e.g. wrap it in mm.no_grad, or use :detach())", op);
+    return -1;
+  }
+  const mm_tensor *b = self->base;
+  if (!grad_off && b && b->requires_grad && !b->grad_fn) {
+    mm_set_error("%s: a view of a leaf tensor that requires grad cannot be modified in place "
+                 "(turn grad mode off first, e.g. wrap it in mm.no_grad, or clone() the view)", op);
+    return -1;
+  }
+  if (!grad_off && b && b->requires_grad && !self->requires_grad && !stale_view(self)) {
+    mm_set_error("%s: this view of a tensor that requires grad was made with grad mode off; "
+                 "writing it in place with grad mode on would bypass autograd (make the view "
+                 "with grad mode on, or write under no_grad)", op);
+    return -1;
+  }
+  for (int d = 0; d < self->ndim; d++)
+    if (self->stride[d] == 0 && self->shape[d] > 1) {
+      mm_set_error("%s: more than one element of the tensor refers to the same memory (an "
+                   "expanded view, dimension %d); clone() it before writing in place", op, d + 1);
+      return -1;
+    }
+  return 0;
+}
+
+int mm_inplace_commit(mm_tensor *self, mm_tensor *value, const char *op) {
+  mm_node *n = value->grad_fn;
+  /* The write is about to overwrite self's old values: a tensor the new
+   * node saved that views them is replaced by a copy taken now (PyTorch's
+   * "original self"), so its backward still sees the values it used. */
+  for (int k = 0; n && k < n->nsaved; k++) {
+    mm_tensor *sv = n->saved[k];
+    if (sv && sv->storage == self->storage) {
+      mm_tensor *c = mm_raw_clone(sv);
+      if (!c) return -1;
+      mm_tensor_release(sv);
+      n->saved[k] = c;
+      n->saved_version[k] = c->storage->version;
+    }
+  }
+  if (mm_raw_copy_into(self, value, op) < 0) return -1;
+  mm_bump_version(self);
+  if (!n) return 0;   /* nothing to record */
+  mm_tensor *b = self->base;
+  if (!b || !(b->requires_grad || value->requires_grad)) {
+    mm_node_retain(n);
+    attach_node(n, self);
+    return 0;
+  }
+  region_args a = region_of(self, b);
+  mm_tensor *in[2] = {b, value};
+  mm_node *cs = make_node(&COPY_SLICES, 2, in, 0, NULL, &a, sizeof a);
+  if (!cs) return -1;
+  attach_node(cs, b);
+  return refresh_view(self);
 }
 
 mm_tensor *mm_detach(mm_tensor *t) {
@@ -165,8 +356,17 @@ static int accumulate_leaf(mm_tensor *leaf, mm_tensor *g, int64_t held) {
     leaf->grad = c;
     return 0;
   }
-  int rc = mm_raw_binary_(MM_OP_ADD, leaf->grad, g);
-  return rc;
+  for (int d = 0; d < leaf->grad->ndim; d++)
+    if (leaf->grad->stride[d] == 0 && leaf->grad->shape[d] > 1) {
+      /* a .grad the user assigned as an expanded view: its elements share
+       * memory, so add out of place instead of into it */
+      mm_tensor *sum = mm_raw_binary(MM_OP_ADD, leaf->grad, g);
+      if (!sum) return -1;
+      mm_tensor_release(leaf->grad);
+      leaf->grad = sum;
+      return 0;
+    }
+  return mm_raw_binary_(MM_OP_ADD, leaf->grad, g);
 }
 
 /* Brings a raw input gradient to the edge's shape and dtype. */
@@ -196,6 +396,7 @@ static int vec_push(node_vec *s, mm_node *n) {
 
 int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
   char b1[160], b2[160];
+  if (stale_view(t) && refresh_view(t) < 0) return -1;
   if (!t->requires_grad) {
     mm_set_error("backward: the tensor does not require grad and has no grad_fn "
                  "(did you forget requires_grad = true, or build it under no_grad?)");

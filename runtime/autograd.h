@@ -87,6 +87,34 @@ bool mm_needs_grad(int n, mm_tensor *const *inputs);
 /* The argument struct given to mm_record. */
 static inline const void *mm_node_args(const mm_node *n) { return n->args; }
 
+/* ---- views and in-place writes (autograd.c) -------------------------------
+ * A view keeps a reference to its base (the tensor that owns the geometry it
+ * looks into, never itself a view).  An in-place op computes its result out
+ * of place with a recorded op and hands it to mm_inplace_commit, which
+ * writes it into `self` and rebases the history: self's grad_fn becomes the
+ * result's node, or, when self is a view of a tensor that requires grad,
+ * the base's grad_fn becomes a CopySlices node (the base with the view's
+ * region replaced by the result) and the view becomes a view of that.
+ * Views made before the write are brought up to date (as views of the
+ * base's current history) the next time they are used: their storage
+ * version has moved since their grad_fn was made. */
+/* Makes v a view of base's root (v sharing base's storage). */
+void mm_view_set_base(mm_tensor *v, mm_tensor *base);
+/* Whether an in-place write to self (from `other`, may be NULL) must be
+   recorded: grad mode on and self, other or self's base requires grad. */
+bool mm_inplace_records(const mm_tensor *self, const mm_tensor *other);
+/* 0, or -1 naming op when self may not be written in place: a leaf that
+   requires grad (or a view of one) while grad mode is on, or a tensor whose
+   elements share memory (an expanded view). */
+int mm_inplace_check(const mm_tensor *self, const char *op);
+/* Writes value (self's shape; any dtype, cast) into self and rebases the
+   history as above.  value is borrowed. */
+int mm_inplace_commit(mm_tensor *self, mm_tensor *value, const char *op);
+/* A recorded view of t's storage with this geometry (offset in elements of
+   the storage), e.g. one element for t:_set(i, v). */
+mm_tensor *mm_strided_view(mm_tensor *t, int ndim, const int64_t *shape, const int64_t *stride,
+                           int64_t offset);
+
 /* Node lifetime (tensor.c: a tensor owns its grad_fn node, a node owns its
    saved tensors, so both lifetimes live in one file). */
 void mm_node_retain(mm_node *n);

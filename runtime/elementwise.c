@@ -249,21 +249,43 @@ mm_tensor *mm_leaky_relu(mm_tensor *x, double slope) {
 
 /* ---- in-place writes, copies and casts ------------------------------------ */
 
-int mm_check_inplace(const mm_tensor *t, const char *op) {
-  if (mm_grad_enabled() && t->requires_grad && !t->grad_fn) {
-    mm_set_error("%s: a leaf tensor that requires grad cannot be modified in place "
-                 "(turn grad mode off first, e.g. wrap it in mm.no_grad, or use :detach())", op);
-    return -1;
+int mm_check_inplace(const mm_tensor *t, const char *op) { return mm_inplace_check(t, op); }
+
+/* In place, as PyTorch: when the write must be recorded (grad mode on and
+ * the target, the source or the target's base requires grad), the result
+ * is computed out of place by the recorded op and mm_inplace_commit writes
+ * it and rebases the history (autograd.h).  Otherwise the raw kernel writes
+ * directly; either way the storage's version moves. */
+
+/* Overwritten values get a zero gradient (fill_, and copy_'s destination). */
+static int overwritten_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
+  const mm_edge *e = &n->edges[0];
+  if (e->needs_grad && !(gin[0] = mm_tensor_zeros(g->dtype, e->ndim, e->shape))) return -1;
+  if (n->ninputs > 1 && n->edges[1].needs_grad) {   /* copy_: the source gets g */
+    mm_tensor_retain(g);
+    gin[1] = g;
   }
   return 0;
 }
+static const mm_op_def FILL = {"fill_", "FillBackward", overwritten_backward};
+static const mm_op_def COPY = {"copy_", "CopyBackward", overwritten_backward};
+
+static int commit(mm_tensor *self, mm_tensor *value, const char *op) {
+  if (!value) return -1;
+  int rc = mm_inplace_commit(self, value, op);
+  mm_tensor_release(value);
+  return rc;
+}
 
 int mm_fill_(mm_tensor *t, double v) {
-  if (mm_check_inplace(t, "fill_") < 0) return -1;
+  if (mm_inplace_check(t, "fill_") < 0) return -1;
   if (t->dtype == MM_INT64 && v != floor(v)) {
     mm_set_error("fill_: an int64 tensor cannot hold %g", v);
     return -1;
   }
+  if (mm_dtype_is_float(t->dtype) && mm_inplace_records(t, NULL))
+    return commit(t, mm_record(mm_tensor_full(t->dtype, t->ndim, t->shape, v), &FILL, 1, &t, 0,
+                               NULL, NULL, 0), "fill_");
   mm_raw_fill(t, v);
   mm_bump_version(t);
   return 0;
@@ -272,14 +294,54 @@ int mm_fill_(mm_tensor *t, double v) {
 int mm_binary_inplace(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
   char name[32];
   snprintf(name, sizeof name, "%s_", mm_binary_name(op));
-  if (mm_check_inplace(a, name) < 0) return -1;
+  if (mm_inplace_check(a, name) < 0) return -1;
+  if (mm_dtype_is_float(a->dtype) && !is_comparison(op) && mm_inplace_records(a, b)) {
+    if (mm_raw_binary_check_(op, a, b) < 0) return -1;
+    return commit(a, mm_binary(op, a, b), name);
+  }
   return mm_raw_binary_(op, a, b);
 }
 
 int mm_copy_(mm_tensor *dst, mm_tensor *src) {
-  if (mm_check_inplace(dst, "copy_") < 0) return -1;
+  if (mm_inplace_check(dst, "copy_") < 0) return -1;
+  if (mm_dtype_is_float(dst->dtype) && mm_inplace_records(dst, src)) {
+    mm_tensor *val = mm_tensor_empty(dst->dtype, dst->ndim, dst->shape);
+    if (val && mm_raw_copy_into(val, src, "copy_") < 0) { mm_tensor_release(val); val = NULL; }
+    mm_tensor *in[2] = {dst, src};
+    return commit(dst, val ? mm_record(val, &COPY, 2, in, 0, NULL, NULL, 0) : NULL, "copy_");
+  }
   if (mm_raw_copy_into(dst, src, "copy_") < 0) return -1;
   mm_bump_version(dst);
+  return 0;
+}
+
+int mm_set_element_(mm_tensor *t, int64_t i, double v) {
+  char b[160];
+  int64_t n = mm_numel(t);
+  if (i < 0 || i >= n) {
+    mm_set_error("_set: flat index %lld is out of range for shape %s (%lld elements)",
+                 (long long)i, mm_shape_str(t->ndim, t->shape, b, sizeof b), (long long)n);
+    return -1;
+  }
+  if (mm_inplace_check(t, "_set") < 0) return -1;
+  if (t->dtype == MM_INT64 && v != floor(v)) {
+    mm_set_error("_set: an int64 tensor cannot hold %g", v);
+    return -1;
+  }
+  if (mm_dtype_is_float(t->dtype) && mm_inplace_records(t, NULL)) {
+    /* through a one-element view, so the write is recorded like t[i] = v */
+    int64_t off = t->offset, rest = i;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+      off += (rest % t->shape[d]) * t->stride[d];
+      rest /= t->shape[d];
+    }
+    mm_tensor *e = mm_strided_view(t, 0, NULL, NULL, off);
+    int rc = e ? mm_fill_(e, v) : -1;
+    mm_tensor_release(e);
+    return rc;
+  }
+  mm_set_flat(t, i, v);
+  mm_bump_version(t);
   return 0;
 }
 

@@ -40,8 +40,10 @@ static inline mm_dtype mm_promote(mm_dtype a, mm_dtype b) {
  * Shapes are still checked where they can mismatch. */
 /* a op b with broadcasting and promotion (int64 / int64 divides as float32). */
 mm_tensor *mm_raw_binary(mm_binary_op op, mm_tensor *a, mm_tensor *b);
-/* a = a op b (b broadcasts to a); bumps a's version. */
+/* a = a op b (b broadcasts to a; b may overlap a's memory); bumps a's version. */
 int mm_raw_binary_(mm_binary_op op, mm_tensor *a, mm_tensor *b);
+/* The shape and dtype checks of mm_raw_binary_ alone (0 ok, -1 + message). */
+int mm_raw_binary_check_(mm_binary_op op, const mm_tensor *a, const mm_tensor *b);
 /* Result dtype of a binary op (division of integers gives float32). */
 mm_dtype mm_raw_binary_dtype(mm_binary_op op, mm_dtype a, mm_dtype b);
 /* f(x) for an op of pointwise.def with its MM_POINTWISE_MAX_PARAMS

@@ -189,7 +189,7 @@ mm_tensor *mm_raw_binary(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
   mm_tensor_release(cb);
   return out;
 }
-int mm_raw_binary_(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
+int mm_raw_binary_check_(mm_binary_op op, const mm_tensor *a, const mm_tensor *b) {
   int nd;
   int64_t shape[MM_MAX_DIMS];
   char b1[160], b2[160];
@@ -205,11 +205,23 @@ int mm_raw_binary_(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
                  mm_dtype_name(mm_raw_binary_dtype(op, a->dtype, b->dtype)));
     return -1;
   }
-  mm_tensor *cb = as_dtype(b, a->dtype);
+  return 0;
+}
+
+int mm_raw_binary_(mm_binary_op op, mm_tensor *a, mm_tensor *b) {
+  if (mm_raw_binary_check_(op, a, b) < 0) return -1;
+  /* b may view a's own memory (a:add_(a:t())): read it from a copy, so the
+   * result is what it would be with a temporary */
+  mm_tensor *cb = b->storage == a->storage && b != a ? mm_raw_clone(b) : as_dtype(b, a->dtype);
+  if (cb && cb->dtype != a->dtype) {
+    mm_tensor *c2 = as_dtype(cb, a->dtype);
+    mm_tensor_release(cb);
+    cb = c2;
+  }
   if (!cb) return -1;
   mm_iter it;
   mm_tensor *ops[3] = {a, a, cb};
-  mm_iter_init(&it, 3, ops, nd, shape);
+  mm_iter_init(&it, 3, ops, a->ndim, a->shape);
   mm_iter_run(&it, binary_table(a->dtype)[op], NULL);
   mm_tensor_release(cb);
   mm_bump_version(a);
@@ -492,10 +504,22 @@ int mm_raw_copy_into(mm_tensor *dst, mm_tensor *src, const char *where) {
                  mm_shape_str(dst->ndim, dst->shape, b2, sizeof b2));
     return -1;
   }
+  /* A source that views the destination's memory (a:copy_(a:t())) is read
+   * from a copy: the result is what it would be with a temporary. */
+  mm_tensor *own = NULL;
+  if (src->storage == dst->storage && src != dst) {
+    if (!(own = mm_tensor_empty_unchecked(src->dtype, src->ndim, src->shape))) return -1;
+    mm_iter it;
+    mm_tensor *ops[2] = {own, src};
+    mm_iter_init(&it, 2, ops, src->ndim, src->shape);
+    mm_iter_run(&it, copy_table[src->dtype][src->dtype], NULL);
+    src = own;
+  }
   mm_iter it;
   mm_tensor *ops[2] = {dst, src};
   mm_iter_init(&it, 2, ops, dst->ndim, dst->shape);
   mm_iter_run(&it, copy_table[dst->dtype][src->dtype], NULL);
+  mm_tensor_release(own);
   return 0;
 }
 

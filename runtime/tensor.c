@@ -163,6 +163,7 @@ void mm_tensor_release(mm_tensor *t) {
   mm_storage_release(t->storage);
   if (t->grad) mm_tensor_release(t->grad);
   if (t->grad_fn) mm_autograd_detach_output(t);
+  if (t->base) mm_tensor_release(t->base);   /* a root base: no deeper recursion */
   t->grad = free_headers;
   free_headers = t;
 }

@@ -57,6 +57,11 @@ typedef struct mm_tensor {
   bool retains_grad;              /* non-leaf asked to keep .grad */
   struct mm_tensor *grad;         /* accumulated gradient, or NULL */
   mm_node *grad_fn;               /* producer node; NULL for leaves */
+  /* views (narrow, select, transpose, expand, ...) */
+  struct mm_tensor *base;         /* the tensor a view looks into (never itself a view;
+                                     a reference), or NULL: an in-place write through
+                                     the view updates the base's history */
+  uint64_t view_version;          /* storage version when the view's grad_fn was made */
 } mm_tensor;
 
 /* ---- errors ---------------------------------------------------------- */
@@ -159,6 +164,9 @@ int mm_wrap_dim(int dim, int ndim, const char *where);
    (0 ok, -1 with a message naming op). */
 int mm_check_inplace(const mm_tensor *t, const char *op);
 int mm_fill_(mm_tensor *t, double v);
+/* The i-th element (0-based, row-major) set to v, as an in-place write
+   (checked, recorded, version bumped); mm_set_flat is the unchecked one. */
+int mm_set_element_(mm_tensor *t, int64_t i, double v);
 int mm_copy_(mm_tensor *dst, mm_tensor *src);      /* src broadcasts to dst */
 
 /* ---- broadcasting ------------------------------------------------------- */

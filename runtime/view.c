@@ -52,6 +52,8 @@ static mm_tensor *make_view(mm_tensor *base, int ndim, const int64_t *shape,
                             const int64_t *stride, int64_t offset, const char *name,
                             mm_backward_fn fn, const int64_t *iargs, int niargs) {
   mm_tensor *v = mm_tensor_view_of(base, ndim, shape, stride, offset);
+  if (!v) return NULL;
+  mm_view_set_base(v, base);
   mm_op_def def = {name, name, fn};
   return mm_record(v, &def, 1, &base, 0, NULL, iargs, sizeof(int64_t) * (size_t)niargs);
 }

@@ -214,3 +214,146 @@ describe("leaf gradients", function()
     assert.are.same({ 2, 2, 2, 2 }, H.values(first))   -- the same tensor, added in place
   end)
 end)
+
+describe("in-place ops are part of the graph (expected values from PyTorch 1.13)", function()
+  local function ones3() return mm.ones(3, { requires_grad = true }) end
+
+  it("an in-place op on a non-leaf rebases its history", function()
+    local x = ones3()
+    local y = x * 2
+    y:mul_(3)
+    assert.are.equal("MulBackward", y.grad_fn)
+    y:sum():backward()
+    assert.are.same({ 6, 6, 6 }, H.values(x.grad))
+  end)
+
+  it("gives the other operand its gradient, and uses self's old value", function()
+    local x, r = ones3(), mm.tensor({ 1.0, 2.0, 3.0 }, { requires_grad = true })
+    local y = x * 2
+    y:add_(r * r)
+    y:sum():backward()
+    assert.are.same({ 2, 2, 2 }, H.values(x.grad))
+    assert.are.same({ 2, 4, 6 }, H.values(r.grad))
+    local x2 = mm.tensor({ 1.0, 2.0, 3.0 }, { requires_grad = true })
+    local r2 = mm.tensor({ 4.0, 5.0, 6.0 }, { requires_grad = true })
+    local y2 = x2 * 2
+    y2:mul_(r2)   -- d/dr2 needs y2 as it was before the write
+    y2:sum():backward()
+    assert.are.same({ 8, 10, 12 }, H.values(x2.grad))
+    assert.are.same({ 2, 4, 6 }, H.values(r2.grad))
+  end)
+
+  it("fill_ gives the overwritten values a zero gradient", function()
+    local x = ones3()
+    local y = x * 2
+    y:fill_(7)
+    y:sum():backward()
+    assert.are.same({ 0, 0, 0 }, H.values(x.grad))
+  end)
+
+  it("index assignment and copy_ route the gradient to the source", function()
+    local x, c = ones3(), mm.tensor(5.0, { requires_grad = true })
+    local y = x * 2
+    y[2] = c * 3
+    ;(y * mm.tensor({ 1.0, 2.0, 3.0 })):sum():backward()
+    assert.are.same({ 2, 0, 6 }, H.values(x.grad))
+    assert.are.equal(6, c.grad:item())
+    local x2, d = ones3(), mm.tensor({ 1.0, 2.0, 3.0 }, { requires_grad = true })
+    local y2 = x2 * 2
+    y2:copy_(d)
+    ;(y2 * y2):sum():backward()
+    assert.are.same({ 0, 0, 0 }, H.values(x2.grad))
+    assert.are.same({ 2, 4, 6 }, H.values(d.grad))
+  end)
+
+  it("a write through a view updates the base's history (CopySlices)", function()
+    local x = ones3()
+    local y = x * 2
+    y:narrow(1, 1, 2):mul_(10)
+    assert.are.equal("CopySlicesBackward", y.grad_fn)
+    y:sum():backward()
+    assert.are.same({ 20, 20, 2 }, H.values(x.grad))
+    -- a transposed view of a reshaped base
+    local x2 = mm.arange(0, 6, 1, { dtype = "float32" }):requires_grad_()
+    local y2 = (x2 * 1):reshape(2, 3)
+    y2:t()[1]:mul_(2)
+    ;(y2 * y2):sum():backward()
+    assert.are.same({ 0, 2, 4, 24, 8, 10 }, H.values(x2.grad))
+  end)
+
+  it("views made before a write see the new history", function()
+    local x = ones3()
+    local y = x * 2
+    local v1, v2 = y:narrow(1, 1, 2), y:narrow(1, 2, 2)
+    v1:mul_(10)
+    v2:sum():backward()
+    assert.are.same({ 0, 20, 2 }, H.values(x.grad))
+  end)
+
+  it("a plain tensor written from one that requires grad joins the graph", function()
+    local x = mm.tensor({ 1.0, 2.0, 3.0 }, { requires_grad = true })
+    local z = mm.zeros(5)
+    z:narrow(1, 2, 3):copy_(x * x)
+    assert.is_true(z.requires_grad)
+    ;(z * mm.arange(0, 5, 1, { dtype = "float32" })):sum():backward()
+    assert.are.same({ 2, 8, 18 }, H.values(x.grad))
+  end)
+
+  it("refuses to write a leaf that requires grad, or a view of one, outside no_grad", function()
+    local x = ones3()
+    H.error_with(function() x:narrow(1, 1, 2):fill_(7) end, "a view of a leaf tensor that requires grad")
+    H.error_with(function() x:_set(1, 5) end, "_set: a leaf tensor that requires grad")
+    assert.are.same({ 1, 1, 1 }, H.values(x))
+    mm.no_grad(function() x:narrow(1, 1, 2):fill_(7) end)
+    assert.are.same({ 7, 7, 1 }, H.values(x))
+  end)
+
+  it("every write path moves the version: a saved tensor written by _set stops backward", function()
+    local x = mm.tensor({ 1.0, 2.0, 3.0 }, { requires_grad = true })
+    local y = x * 1
+    local w = y * y
+    y:_set(1, 5)
+    H.error_with(function() w:sum():backward() end, "modified by an in-place operation")
+  end)
+
+  it("overlapping writes give what a temporary copy would", function()
+    local a = mm.arange(0, 9, 1, { dtype = "float32" }):reshape(3, 3)
+    a:copy_(a:t())
+    assert.are.same({ 0, 3, 6, 1, 4, 7, 2, 5, 8 }, H.values(a))
+    local b = mm.arange(0, 6, 1, { dtype = "float32" })
+    b:narrow(1, 2, 5):copy_(b:narrow(1, 1, 5))
+    assert.are.same({ 0, 0, 1, 2, 3, 4 }, H.values(b))
+    local c = mm.arange(0, 9, 1, { dtype = "float32" }):reshape(3, 3)
+    c:add_(c:t())
+    assert.are.same({ 0, 4, 8, 4, 8, 12, 8, 12, 16 }, H.values(c))
+  end)
+
+  it("refuses to write memory that several elements share", function()
+    H.error_with(function() mm.zeros(1):expand(4):add_(1) end, "add_:", "same memory")
+    H.error_with(function() mm.zeros(1):expand(4):fill_(1) end, "fill_:", "same memory")
+  end)
+
+  it("a .grad assigned as an expanded view accumulates correctly", function()
+    local x = ones3()
+    x.grad = mm.zeros(1):expand(3)
+    ;(x * 2):sum():backward()
+    assert.are.same({ 2, 2, 2 }, H.values(x.grad))
+  end)
+
+  it("a view made under no_grad cannot be written in place with grad mode on", function()
+    local y = ones3() * 2
+    local v = mm.no_grad(function() return y:narrow(1, 1, 2) end)
+    H.error_with(function() v:mul_(2) end, "made with grad mode off")
+  end)
+
+  it("gradchecks through in-place ops on non-leaves and views", function()
+    local a, b = H.leaf(3, 4), H.leaf(4)
+    assert.is_true(mm.gradcheck(function(p, q)
+      local y = p * 1
+      y:mul_(q)                      -- broadcast other
+      y:narrow(2, 2, 2):add_(q:narrow(1, 1, 2) * p:narrow(2, 1, 2))
+      y[1] = q * 3
+      return y:exp()
+    end, { a, b }))
+  end)
+end)

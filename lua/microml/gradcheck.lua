@@ -46,11 +46,15 @@ local function run(fn, inputs, checked, eps, atol, rtol, state)
     for k = 1, x:numel() do
       local orig = x:_get(k)
       state.x, state.k, state.orig = x, k, orig
-      x:_set(k, orig + eps)
-      local fp = mm.no_grad(function() return project(fn(table.unpack(inputs)), r) end)
-      x:_set(k, orig - eps)
-      local fm = mm.no_grad(function() return project(fn(table.unpack(inputs)), r) end)
-      x:_set(k, orig)
+      local fp = mm.no_grad(function()   -- a leaf is written only with grad mode off
+        x:_set(k, orig + eps)
+        return project(fn(table.unpack(inputs)), r)
+      end)
+      local fm = mm.no_grad(function()
+        x:_set(k, orig - eps)
+        return project(fn(table.unpack(inputs)), r)
+      end)
+      mm.no_grad(function() x:_set(k, orig) end)
       state.x = nil
       local numeric = (fp - fm) / (2 * eps)
       local analytic = g and g:_get(k) or 0
@@ -104,7 +108,9 @@ return function(fn, inputs, opts)
 
   local state = {}
   local ok, worst = pcall(run, fn, inputs, checked, eps, atol, rtol, state)
-  if state.x then state.x:_set(state.k, state.orig) end   -- fn raised mid-perturbation
+  if state.x then   -- fn raised mid-perturbation
+    mm.no_grad(function() state.x:_set(state.k, state.orig) end)
+  end
   for _, i in ipairs(checked) do inputs[i].grad = saved_grads[i] or nil end
   if not ok then error(worst, 2) end
 
