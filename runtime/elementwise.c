@@ -46,32 +46,38 @@ static int div_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   return 0;
 }
 
-/* d(a^b)/da = b a^(b-1); d(a^b)/db = a^b log a, taken as 0 where a == 0
- * (the limit PyTorch uses, so x^2 at x=0 does not produce NaN for b). */
+/* d(a^b)/da = b a^(b-1), taken as 0 where b == 0 (so x^0 and 0^0 give 0,
+ * not 0 * inf = NaN); d(a^b)/db = a^b log a, taken as 0 where a == 0 and
+ * b >= 0 (the limit; for b < 0 it is inf * -inf = -inf).  Both as PyTorch 1.13. */
 static int pow_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   mm_tensor *a = n->saved[0], *b = n->saved[1], *out = n->saved[2];
   int rc = -1;
-  mm_tensor *bm1 = NULL, *p = NULL, *t = NULL, *la = NULL, *z = NULL, *m = NULL;
+  mm_tensor *bm1 = NULL, *p = NULL, *t = NULL, *la = NULL, *z = NULL, *m = NULL, *gm = NULL;
+  mm_tensor *bz = NULL, *az = NULL, *bneg = NULL;
   if (n->edges[0].needs_grad) {
     if (!(bm1 = mm_binary_scalar(MM_OP_SUB, b, 1.0, false))) goto out;
     if (!(p = mm_binary(MM_OP_POW, a, bm1))) goto out;
     if (!(t = mm_binary(MM_OP_MUL, p, b))) goto out;
-    if (!(gin[0] = mm_binary(MM_OP_MUL, g, t))) goto out;
+    if (!(gm = mm_binary(MM_OP_MUL, g, t))) goto out;
+    if (!(bz = mm_binary_scalar(MM_OP_NE, b, 0.0, false))) goto out;   /* keep where b != 0 */
+    if (!(gin[0] = mm_where(bz, gm, NULL))) goto out;
+    mm_tensor_release(gm);
+    gm = NULL;
   }
   if (n->edges[1].needs_grad) {
     if (!(la = mm_unary(MM_OP_LOG, a))) goto out;
-    if (!(z = mm_binary_scalar(MM_OP_NE, a, 0.0, false))) goto out;   /* mask a != 0 */
+    if (!(az = mm_binary_scalar(MM_OP_NE, a, 0.0, false))) goto out;
+    if (!(bneg = mm_binary_scalar(MM_OP_LT, b, 0.0, false))) goto out;
+    if (!(z = mm_binary(MM_OP_MAXIMUM, az, bneg))) goto out;   /* keep where a != 0 or b < 0 */
     if (!(m = mm_binary(MM_OP_MUL, la, out))) goto out;
-    mm_tensor *gm = mm_binary(MM_OP_MUL, g, m);
-    if (!gm) goto out;
-    gin[1] = mm_where(z, gm, NULL);
-    mm_tensor_release(gm);
-    if (!gin[1]) goto out;
+    if (!(gm = mm_binary(MM_OP_MUL, g, m))) goto out;
+    if (!(gin[1] = mm_where(z, gm, NULL))) goto out;
   }
   rc = 0;
 out:
   mm_tensor_release(bm1), mm_tensor_release(p), mm_tensor_release(t);
-  mm_tensor_release(la), mm_tensor_release(z), mm_tensor_release(m);
+  mm_tensor_release(la), mm_tensor_release(z), mm_tensor_release(m), mm_tensor_release(gm);
+  mm_tensor_release(bz), mm_tensor_release(az), mm_tensor_release(bneg);
   return rc;
 }
 

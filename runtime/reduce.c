@@ -517,7 +517,15 @@ static int var_std_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   } else if (!(q = mm_binary_scalar(MM_OP_MUL, gk, 2.0 / den, false))) {
     goto out;
   }
-  if ((gin[0] = mm_binary(MM_OP_MUL, diff, q))) rc = 0;
+  if (!(gin[0] = mm_binary(MM_OP_MUL, diff, q))) goto out;
+  if (is_std) {   /* a constant slice: std 0, and its gradient 0 (not 0/0), as PyTorch */
+    mm_tensor *nz = mm_binary_scalar(MM_OP_NE, ok, 0.0, false);
+    mm_tensor *m = nz ? mm_where(nz, gin[0], NULL) : NULL;
+    mm_tensor_release(nz);
+    mm_tensor_release(gin[0]);
+    if (!(gin[0] = m)) goto out;
+  }
+  rc = 0;
 out:
   mm_tensor_release(mk), mm_tensor_release(diff), mm_tensor_release(gk);
   mm_tensor_release(ok), mm_tensor_release(s), mm_tensor_release(q);
@@ -612,9 +620,23 @@ static int select_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
   mm_tensor *z = mm_tensor_zeros(g->dtype, e->ndim, e->shape);
   if (!z) return -1;
   if (rargs(n)->dim < 0) {
-    mm_set_flat(z, rargs(n)->flat, mm_get_flat(g, 0));
-    gin[0] = z;
-    return 0;
+    /* over all elements, ties share the gradient evenly (PyTorch 1.13's
+     * max()/min()); a NaN result gives it all to the position that won */
+    mm_tensor *x = n->saved[0], *v = n->saved[1];
+    mm_tensor *eq = mm_binary(MM_OP_EQ, x, v);
+    double ties = 0;
+    for (int64_t i = 0, k = eq ? mm_numel(eq) : 0; i < k; i++) ties += mm_get_flat(eq, i);
+    if (!eq || ties == 0) {
+      mm_tensor_release(eq);
+      mm_set_flat(z, rargs(n)->flat, mm_get_flat(g, 0));
+      gin[0] = z;
+      return 0;
+    }
+    mm_tensor_release(z);
+    mm_tensor *share = mm_binary_scalar(MM_OP_MUL, g, 1.0 / ties, false);
+    gin[0] = share ? mm_binary(MM_OP_MUL, eq, share) : NULL;
+    mm_tensor_release(share), mm_tensor_release(eq);
+    return gin[0] ? 0 : -1;
   }
   mm_tensor *gc = mm_contiguous(g);
   if (!gc) { mm_tensor_release(z); return -1; }
@@ -659,7 +681,8 @@ static mm_tensor *maxmin(mm_tensor *t, int dim, bool keepdim, int64_t base, mm_t
   if (mm_dtype_is_float(t->dtype) && mm_needs_grad(1, &t)) {
     bool all = dim == MM_ALL_DIMS;
     out = record(out, t, is_max ? "MaxBackward" : "MinBackward", select_backward, dim, keepdim,
-                 0, all ? NULL : idx, NULL, all ? ((const int64_t *)mm_data_ptr(idx))[0] : 0);
+                 0, all ? t : idx, all ? out : NULL,
+                 all ? ((const int64_t *)mm_data_ptr(idx))[0] : 0);
     if (!out) goto fail;
   }
   mm_tensor_release(idx);

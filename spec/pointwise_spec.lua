@@ -631,3 +631,34 @@ describe("small same-shape binary ops (flat path)", function()
     assert.is_true(mm.gradcheck(function(p, q) return p * q + p / q end, { x, y }))
   end)
 end)
+
+describe("pointwise gradients at the edges (values from PyTorch 1.13)", function()
+  local function grads(f, ...)
+    local xs = {}
+    for i, v in ipairs({ ... }) do xs[i] = mm.tensor(v, { dtype = "float64", requires_grad = true }) end
+    f(table.unpack(xs)):sum():backward()
+    local out = {}
+    for i, x in ipairs(xs) do out[i] = H.values(x.grad) end
+    return out
+  end
+
+  it("pow: x^0 and 0^0 give the base 0, 0^e with e < 0 gives the exponent -inf", function()
+    assert.are.same({ { 0, 0 } }, grads(function(x) return x ^ 0 end, { 0, 1 }))
+    local g = grads(function(a, b) return a ^ b end, { 0, 2 }, { 0, 3 })
+    assert.are.same({ 0, 12 }, g[1])
+    assert.are.equal(0, g[2][1])
+    assert.is_true(math.abs(g[2][2] - 5.545177444479562) < 1e-12)
+    g = grads(function(a, b) return a ^ b end, { 0, 0 }, { -1, -2 })
+    assert.are.same({ -math.huge, -math.huge }, g[1])
+    assert.are.same({ -math.huge, -math.huge }, g[2])
+    assert.are.same({ { 0 } }, grads(function(x) return x ^ 2.0 end, { 0 }))
+  end)
+
+  it("sign is recorded with a zero gradient", function()
+    local x = mm.tensor({ -2.0, 0.0, 3.0 }, { requires_grad = true })
+    local s = x:sign()
+    assert.are.equal("SignBackward", s.grad_fn)
+    s:sum():backward()
+    assert.are.same({ 0, 0, 0 }, H.values(x.grad))
+  end)
+end)
