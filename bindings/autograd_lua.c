@@ -46,16 +46,52 @@ static int l_set_grad_enabled(lua_State *L) {
 }
 
 /* Restores grad mode whatever fn does (error or not), then re-raises. */
-static int l_no_grad(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
+/* A to-be-closed guard that restores grad mode: `local _ <close> =
+ * mm.no_grad()` turns it off for the rest of the block, whatever way the
+ * block ends. */
+#define GRAD_GUARD_MT "microml.grad_mode_guard"
+static int guard_close(lua_State *L) {
+  bool *prev = luaL_checkudata(L, 1, GRAD_GUARD_MT);
+  if (prev[1]) {   /* restore once, also if closed twice */
+    mm_set_grad_enabled(prev[0]);
+    prev[1] = false;
+  }
+  return 0;
+}
+static int push_guard(lua_State *L, bool prev) {
+  bool *g = lua_newuserdatauv(L, 2 * sizeof(bool), 0);
+  g[0] = prev;
+  g[1] = true;
+  if (luaL_newmetatable(L, GRAD_GUARD_MT)) {
+    lua_pushcfunction(L, guard_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushstring(L, "grad mode guard: use it as `local _ <close> = mm.no_grad()`");
+    lua_setfield(L, -2, "__name");
+  }
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* mm.no_grad(fn, ...) / mm.enable_grad(fn, ...): fn(...) with grad mode set,
+ * restored whatever fn does; without fn, a to-be-closed guard. */
+static int with_grad_mode(lua_State *L, bool on, const char *name) {
   bool prev = mm_grad_enabled();
-  mm_set_grad_enabled(false);
+  if (lua_isnone(L, 1)) {
+    mm_set_grad_enabled(on);
+    return push_guard(L, prev);
+  }
+  if (lua_type(L, 1) != LUA_TFUNCTION)
+    return luaL_error(L, "%s: expected a function (or no argument, for `local _ <close> = mm.%s()`), "
+                      "got %s", name, name, luaL_typename(L, 1));
+  mm_set_grad_enabled(on);
   int n = lua_gettop(L);
   int rc = lua_pcall(L, n - 1, LUA_MULTRET, 0);
   mm_set_grad_enabled(prev);
   if (rc != LUA_OK) return lua_error(L);
   return lua_gettop(L);
 }
+static int l_no_grad(lua_State *L) { return with_grad_mode(L, false, "no_grad"); }
+static int l_enable_grad(lua_State *L) { return with_grad_mode(L, true, "enable_grad"); }
 
 /* mm._autograd_stats(on) -> previous setting; with no argument, just reads it. */
 static int l_autograd_stats(lua_State *L) {
@@ -70,7 +106,7 @@ void mm_lua_open_autograd(lua_State *L, int module, int methods) {
     {"retain_grad", m_retain_grad}, {"requires_grad_", m_requires_grad_}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
     {"is_grad_enabled", l_is_grad_enabled}, {"set_grad_enabled", l_set_grad_enabled},
-    {"no_grad", l_no_grad}, {"_autograd_stats", l_autograd_stats}, {NULL, NULL}};
+    {"no_grad", l_no_grad}, {"enable_grad", l_enable_grad}, {"_autograd_stats", l_autograd_stats}, {NULL, NULL}};
   mm_lua_register(L, module, methods, meths, false, true);
   mm_lua_register(L, module, methods, fns, true, false);
   lua_getfield(L, module, "detach");

@@ -449,12 +449,18 @@ mm_tensor *mm_nll_loss(mm_tensor *logp, mm_tensor *labels, const mm_loss_opts *o
 static int loss_shapes(const char *name, mm_tensor *a, mm_tensor *b, const char *what,
                        int *nd, int64_t *shape) {
   if (check_float(a, name, what) < 0 || check_float(b, name, what) < 0) return -1;
-  if (mm_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, nd, shape) < 0) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s: %s", name, mm_error());
-    mm_set_error("%s", msg);
+  /* The same shape, not just broadcastable ones: (4, 1) against (4) would
+   * broadcast to (4, 4) and give a plausible, wrong loss. */
+  if (a->ndim != b->ndim || memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim)) {
+    char b1[160], b2[160];
+    mm_set_error("%s: expected the target to have the input's shape %s, got %s (reshape one of "
+                 "them; broadcasting here is almost always a bug)", name,
+                 mm_shape_str(a->ndim, a->shape, b1, sizeof b1),
+                 mm_shape_str(b->ndim, b->shape, b2, sizeof b2));
     return -1;
   }
+  *nd = a->ndim;
+  memcpy(shape, a->shape, sizeof(int64_t) * (size_t)a->ndim);
   return 0;
 }
 

@@ -357,3 +357,33 @@ describe("in-place ops are part of the graph (expected values from PyTorch 1.13)
     end, { a, b }))
   end)
 end)
+
+describe("grad-mode idioms", function()
+  it("no_grad and enable_grad take a function or give a to-be-closed guard, and nest", function()
+    local x = mm.ones(2, { requires_grad = true })
+    do
+      local _ <close> = mm.no_grad()
+      assert.is_false(mm.is_grad_enabled())
+      assert.is_false((x * 2).requires_grad)
+      do
+        local _ <close> = mm.enable_grad()
+        assert.is_true((x * 2).requires_grad)
+      end
+      assert.is_false(mm.is_grad_enabled())
+    end
+    assert.is_true(mm.is_grad_enabled())
+    assert.is_true(mm.no_grad(function() return mm.enable_grad(function() return (x * 2).requires_grad end) end))
+  end)
+
+  it("restore the mode when the block raises", function()
+    local ok = pcall(function()
+      local _ <close> = mm.no_grad()
+      error("inside")
+    end)
+    assert.is_false(ok)
+    assert.is_true(mm.is_grad_enabled())
+    assert.is_false(pcall(mm.no_grad, function() error("x") end))
+    assert.is_true(mm.is_grad_enabled())
+    H.error_with(function() mm.no_grad(5) end, "no_grad: expected a function", "got number")
+  end)
+end)

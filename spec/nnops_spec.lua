@@ -273,23 +273,27 @@ end)
 describe("mse_loss and binary_cross_entropy_with_logits", function()
   before_each(function() mm.manual_seed(41) end)
 
-  it("mse_loss values for each reduction, with broadcasting", function()
+  it("mse_loss values for each reduction; a target of another shape is an error", function()
     local a = mm.tensor({ 1, 2, 3 }, { dtype = "float64" })
     local b = mm.tensor({ 1, 1, 1 }, { dtype = "float64" })
     H.assert_close(mm.mse_loss(a, b), { 5 / 3 })
     H.assert_close(mm.mse_loss(a, b, { reduction = "sum" }), { 5 })
     H.assert_close(mm.mse_loss(a, b, { reduction = "none" }), { 0, 1, 4 })
-    H.assert_close(mm.mse_loss(a, mm.tensor({ 1.0 }, { dtype = "float64" })), { 5 / 3 })
+    -- (3) against (1) would broadcast: PyTorch only warns, and (4, 1) against
+    -- (4) then gives a (4, 4) loss that looks plausible and is wrong
+    H.error_with(function() mm.mse_loss(a, mm.tensor({ 1.0 }, { dtype = "float64" })) end,
+                 "mse_loss: expected the target to have the input's shape (3), got (1)")
+    H.error_with(function() mm.mse_loss(mm.ones(4, 1), mm.ones(4)) end, "shape (4, 1), got (4)")
+    H.error_with(function() mm.binary_cross_entropy_with_logits(mm.ones(4, 1), mm.ones(4)) end,
+                 "binary_cross_entropy_with_logits: expected the target to have the input's shape (4, 1), got (4)")
   end)
 
-  it("mse_loss gradcheck, both inputs, broadcast and strided", function()
+  it("mse_loss gradcheck, both inputs, contiguous and strided", function()
     for _, red in ipairs({ "mean", "sum", "none" }) do
       H.check_grad(function(p, q) return mm.mse_loss(p, q, { reduction = red }) end,
                  { H.leaf({ 3, 4 }), H.leaf({ 3, 4 }) }, "mse " .. red)
       H.check_grad(function(p, q) return mm.mse_loss(p, q, { reduction = red }) end,
-                 { H.tleaf(3, 4), H.leaf({ 4 }) }, "mse broadcast " .. red)
-      H.check_grad(function(p, q) return mm.mse_loss(p, q, { reduction = red }) end,
-                 { H.leaf({ 3, 1 }), H.leaf({ 1, 4 }) }, "mse size-1 " .. red)
+                 { H.tleaf(3, 4), H.leaf({ 3, 4 }) }, "mse strided " .. red)
     end
   end)
 
@@ -314,13 +318,13 @@ describe("mse_loss and binary_cross_entropy_with_logits", function()
     H.assert_close(lbig.grad, { 1, -1, 0, 0 }, 1e-12)
   end)
 
-  it("bce_with_logits gradcheck for logits and targets, broadcast", function()
+  it("bce_with_logits gradcheck for logits and targets, contiguous and strided", function()
     for _, red in ipairs({ "mean", "sum", "none" }) do
       local t = mm.rand({ 3, 4 }, { dtype = "float64" }):requires_grad_()
       H.check_grad(function(p, q) return mm.binary_cross_entropy_with_logits(p * 3, q, { reduction = red }) end,
                  { H.leaf({ 3, 4 }), t }, "bce " .. red)
       H.check_grad(function(p, q) return mm.binary_cross_entropy_with_logits(p, q, { reduction = red }) end,
-                 { H.tleaf(3, 4), mm.rand({ 4 }, { dtype = "float64" }):requires_grad_() }, "bce broadcast " .. red)
+                 { H.tleaf(3, 4), mm.rand({ 3, 4 }, { dtype = "float64" }):requires_grad_() }, "bce strided " .. red)
     end
   end)
 end)
