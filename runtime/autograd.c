@@ -8,6 +8,7 @@
  * output.  Both sorting and freeing are iterative: a 100,000-node chain
  * needs no deep C stack. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -394,63 +395,143 @@ static int vec_push(node_vec *s, mm_node *n) {
   return 0;
 }
 
-int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
-  char b1[160], b2[160];
-  if (stale_view(t) && refresh_view(t) < 0) return -1;
+/* ---- hooks ------------------------------------------------------------------ */
+
+static uint64_t next_hook_id = 1;
+
+uint64_t mm_register_hook(mm_tensor *t, mm_grad_hook_fn fn, void *ctx, void (*free_ctx)(void *)) {
   if (!t->requires_grad) {
-    mm_set_error("backward: the tensor does not require grad and has no grad_fn "
-                 "(did you forget requires_grad = true, or build it under no_grad?)");
+    mm_set_error("register_hook: the tensor does not require grad (a hook would never run)");
+    return 0;
+  }
+  if (stale_view(t) && refresh_view(t) < 0) return 0;
+  mm_hook *h = calloc(1, sizeof *h);
+  if (!h) {
+    mm_set_error("register_hook: out of memory");
+    return 0;
+  }
+  *h = (mm_hook){fn, ctx, free_ctx, next_hook_id++, NULL};
+  mm_hook **list = t->grad_fn ? &t->grad_fn->hooks : &t->hooks;
+  while (*list) list = &(*list)->next;   /* hooks run in the order they were registered */
+  *list = h;
+  return h->id;
+}
+
+static int remove_from(mm_hook **list, uint64_t id) {
+  for (; *list; list = &(*list)->next)
+    if ((*list)->id == id) {
+      mm_hook *h = *list;
+      *list = h->next;
+      h->next = NULL;
+      mm_hooks_free(h);
+      return 0;
+    }
+  return -1;
+}
+
+int mm_remove_hook(mm_tensor *t, uint64_t id) {
+  if (remove_from(&t->hooks, id) == 0) return 0;
+  return t->grad_fn ? remove_from(&t->grad_fn->hooks, id) : -1;
+}
+
+/* Runs a hook list on *g (a reference the caller owns, replaced when a hook
+ * returns a new gradient). */
+static int run_hooks(mm_hook *h, mm_tensor **g) {
+  char b1[160], b2[160];
+  for (; h; h = h->next) {
+    int failed = 0;
+    mm_tensor *r = h->fn(h->ctx, *g, &failed);
+    if (failed) {
+      mm_tensor_release(r);
+      return -1;
+    }
+    if (!r) continue;
+    if (r->ndim != (*g)->ndim || memcmp(r->shape, (*g)->shape, sizeof(int64_t) * (size_t)r->ndim)) {
+      mm_set_error("hook: the hook returned a gradient of shape %s for one of shape %s",
+                   mm_shape_str(r->ndim, r->shape, b1, sizeof b1),
+                   mm_shape_str((*g)->ndim, (*g)->shape, b2, sizeof b2));
+      mm_tensor_release(r);
+      return -1;
+    }
+    mm_tensor_release(*g);
+    *g = r;
+  }
+  return 0;
+}
+
+/* ---- the engine ---------------------------------------------------------------
+ * One sweep serves backward (gradients accumulate into leaves' .grad) and
+ * mm_grad (gradients of the asked-for inputs are captured and no .grad is
+ * touched). */
+typedef struct {
+  int n;                       /* 0: backward; else mm_grad's inputs */
+  mm_tensor *const *inputs;
+  mm_tensor **grads;
+} capture;
+
+static bool in_engine;
+
+static int capture_add(mm_tensor **slot, mm_tensor *g) {
+  if (*slot) return accumulate(slot, g, false);
+  return (*slot = mm_raw_clone(g)) ? 0 : -1;   /* never alias the engine's buffers */
+}
+
+/* A gradient reaching leaf t: its hooks, then .grad, or the capture. */
+static int deliver_leaf(mm_tensor *t, mm_tensor *g, int64_t held, const capture *cap) {
+  int rc = 0;
+  mm_tensor_retain(g);
+  if (t->hooks) {
+    mm_tensor *before = g;
+    if (run_hooks(t->hooks, &g) < 0) { mm_tensor_release(g); return -1; }
+    if (g != before) held = 1;
+  } else {
+    held++;
+  }
+  if (cap->n) {
+    for (int i = 0; i < cap->n && rc == 0; i++)
+      if (cap->inputs[i] == t) rc = capture_add(&cap->grads[i], g);
+  } else {
+    rc = accumulate_leaf(t, g, held);
+  }
+  mm_tensor_release(g);
+  return rc;
+}
+
+static int engine(int nroots, mm_tensor *const *roots, mm_tensor *const *seeds, bool retain_graph,
+                  const capture *cap) {
+  if (in_engine) {
+    mm_set_error("backward: called again from inside a backward (from a hook?); compute what "
+                 "you need after the outer backward returns");
     return -1;
   }
-  mm_tensor *seed;
-  if (g) {
-    if (g->ndim != t->ndim || memcmp(g->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim)) {
-      mm_set_error("backward: gradient has shape %s but the tensor has shape %s",
-                   mm_shape_str(g->ndim, g->shape, b1, sizeof b1),
-                   mm_shape_str(t->ndim, t->shape, b2, sizeof b2));
-      return -1;
-    }
-    seed = mm_raw_cast(g, t->dtype);
-  } else {
-    if (mm_numel(t) != 1) {
-      mm_set_error("backward: grad can be implicitly created only for one-element tensors, "
-                   "got shape %s; pass a gradient: t:backward(g)",
-                   mm_shape_str(t->ndim, t->shape, b1, sizeof b1));
-      return -1;
-    }
-    seed = mm_tensor_full(t->dtype, t->ndim, t->shape, 1.0);
-  }
-  if (!seed) return -1;
-
+  in_engine = true;
   bool saved_off = grad_off;
   grad_off = true;
   int rc = -1;
   node_vec order = {0}, stack = {0};
 
-  if (!t->grad_fn) { /* a leaf */
-    rc = accumulate_leaf(t, seed, 0);
-    goto done;
-  }
-
   /* Pass 1: iterative DFS collecting every reachable node once and counting,
    * for each node, how many reachable consumers will send it a gradient. */
   uint64_t gen = ++visit_gen;
-  mm_node *root = t->grad_fn;
-  root->visit = gen;
-  root->pending = 0;
-  if (vec_push(&stack, root) < 0) goto done;
-  while (stack.n) {
-    mm_node *n = stack.v[--stack.n];
-    if (vec_push(&order, n) < 0) goto done;
-    for (int i = 0; i < n->ninputs; i++) {
-      mm_node *m = n->edges[i].node;
-      if (!m) continue;
-      if (m->visit != gen) {
-        m->visit = gen;
-        m->pending = 0;
-        if (vec_push(&stack, m) < 0) goto done;
+  for (int r = 0; r < nroots; r++) {
+    mm_node *root = roots[r]->grad_fn;
+    if (!root || root->visit == gen) continue;
+    root->visit = gen;
+    root->pending = 0;
+    if (vec_push(&stack, root) < 0) goto done;
+    while (stack.n) {
+      mm_node *n = stack.v[--stack.n];
+      if (vec_push(&order, n) < 0) goto done;
+      for (int i = 0; i < n->ninputs; i++) {
+        mm_node *m = n->edges[i].node;
+        if (!m) continue;
+        if (m->visit != gen) {
+          m->visit = gen;
+          m->pending = 0;
+          if (vec_push(&stack, m) < 0) goto done;
+        }
+        m->pending++;
       }
-      m->pending++;
     }
   }
   /* Refuse before touching any gradient: a released graph or a saved tensor
@@ -473,17 +554,38 @@ int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
       }
   }
 
+  /* Seeds: into the roots' nodes, or straight to a root that is a leaf. */
+  for (int r = 0; r < nroots; r++) {
+    mm_tensor *t = roots[r];
+    if (t->grad_fn) {
+      if (accumulate(&t->grad_fn->grad_acc, seeds[r], false) < 0) goto done;
+    } else if (deliver_leaf(t, seeds[r], 0, cap) < 0) {
+      goto done;
+    }
+  }
+
   /* Pass 2: Kahn's order — a node runs once all its consumers have run. */
-  root->grad_acc = seed;
-  mm_tensor_retain(seed);
   stack.n = 0;
-  vec_push(&stack, root);
+  for (int r = 0; r < nroots; r++) {
+    mm_node *root = roots[r]->grad_fn;
+    if (root && root->pending == 0 && root->grad_acc && root->visit == gen) {
+      root->visit = gen + 1;   /* pushed once even if several roots share it */
+      if (vec_push(&stack, root) < 0) goto done;
+    }
+  }
+  visit_gen++;
   while (stack.n) {
     mm_node *n = stack.v[--stack.n];
     mm_tensor *gout = n->grad_acc;
     n->grad_acc = NULL;
+    if (n->hooks && run_hooks(n->hooks, &gout) < 0) { mm_tensor_release(gout); goto done; }
     if (stats_enabled) record_stats(n, gout);
-    if (n->output && n->output->retains_grad) {
+    if (cap->n) {
+      int crc = 0;
+      for (int i = 0; i < cap->n && crc == 0; i++)
+        if (cap->inputs[i]->grad_fn == n) crc = capture_add(&cap->grads[i], gout);
+      if (crc < 0) { mm_tensor_release(gout); goto done; }
+    } else if (n->output && n->output->retains_grad) {
       if (accumulate(&n->output->grad, gout, false) < 0) { mm_tensor_release(gout); goto done; }
     }
     mm_tensor *gin_inline[4] = {0}, **gin = gin_inline;
@@ -500,7 +602,7 @@ int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
       mm_tensor *fit = fit_to_edge(gin[i], e);
       if (!fit) { brc = -1; break; }
       if (e->node) brc = accumulate(&e->node->grad_acc, fit, false);
-      else if (e->leaf) brc = accumulate_leaf(e->leaf, fit, 1 + (fit == gin[i]));
+      else if (e->leaf) brc = deliver_leaf(e->leaf, fit, 1 + (fit == gin[i]), cap);
       mm_tensor_release(fit);
     }
     for (int i = 0; i < n->ninputs; i++) mm_tensor_release(gin[i]);
@@ -525,8 +627,88 @@ done:
     }
   free(order.v);
   free(stack.v);
-  mm_tensor_release(seed);
   grad_off = saved_off;
+  in_engine = false;
+  return rc;
+}
+
+/* The gradient a backward from t starts with: g (checked, in t's dtype), or
+ * 1 for a one-element t.  New reference, or NULL with a message. */
+static mm_tensor *make_seed(mm_tensor *t, mm_tensor *g, const char *where) {
+  char b1[160], b2[160];
+  if (stale_view(t) && refresh_view(t) < 0) return NULL;
+  if (!t->requires_grad) {
+    mm_set_error("%s: the tensor does not require grad and has no grad_fn "
+                 "(did you forget requires_grad = true, or build it under no_grad?)", where);
+    return NULL;
+  }
+  if (g) {
+    if (g->ndim != t->ndim || memcmp(g->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim)) {
+      mm_set_error("%s: gradient has shape %s but the tensor has shape %s", where,
+                   mm_shape_str(g->ndim, g->shape, b1, sizeof b1),
+                   mm_shape_str(t->ndim, t->shape, b2, sizeof b2));
+      return NULL;
+    }
+    return mm_raw_cast(g, t->dtype);
+  }
+  if (mm_numel(t) != 1) {
+    mm_set_error("%s: grad can be implicitly created only for one-element tensors, "
+                 "got shape %s; pass a gradient: t:backward(g)", where,
+                 mm_shape_str(t->ndim, t->shape, b1, sizeof b1));
+    return NULL;
+  }
+  return mm_tensor_full(t->dtype, t->ndim, t->shape, 1.0);
+}
+
+int mm_backward(mm_tensor *t, mm_tensor *g, bool retain_graph) {
+  mm_tensor *seed = make_seed(t, g, "backward");
+  if (!seed) return -1;
+  capture none = {0, NULL, NULL};
+  int rc = engine(1, &t, &seed, retain_graph, &none);
+  mm_tensor_release(seed);
+  return rc;
+}
+
+int mm_grad(int nout, mm_tensor *const *outputs, mm_tensor *const *grad_outputs, int nin,
+            mm_tensor *const *inputs, bool retain_graph, bool allow_unused, mm_tensor **result) {
+  for (int i = 0; i < nin; i++) result[i] = NULL;
+  if (nout < 1 || nin < 1) {
+    mm_set_error("grad: expected at least one output and one input, got %d and %d", nout, nin);
+    return -1;
+  }
+  for (int i = 0; i < nin; i++) {
+    if (stale_view(inputs[i]) && refresh_view(inputs[i]) < 0) return -1;
+    if (!inputs[i]->requires_grad) {
+      mm_set_error("grad: input %d does not require grad", i + 1);
+      return -1;
+    }
+  }
+  mm_tensor **seeds = calloc((size_t)nout, sizeof *seeds);
+  if (!seeds) {
+    mm_set_error("grad: out of memory");
+    return -1;
+  }
+  int rc = 0;
+  for (int k = 0; k < nout && rc == 0; k++) {
+    char where[48];
+    snprintf(where, sizeof where, "grad (output %d)", k + 1);
+    if (!(seeds[k] = make_seed(outputs[k], grad_outputs ? grad_outputs[k] : NULL, where))) rc = -1;
+  }
+  capture cap = {nin, inputs, result};
+  if (rc == 0) rc = engine(nout, outputs, seeds, retain_graph, &cap);
+  for (int k = 0; k < nout; k++) mm_tensor_release(seeds[k]);
+  free(seeds);
+  for (int i = 0; rc == 0 && !allow_unused && i < nin; i++)
+    if (!result[i]) {
+      mm_set_error("grad: input %d was not used to compute the outputs (pass allow_unused = "
+                   "true to get nil for it)", i + 1);
+      rc = -1;
+    }
+  if (rc < 0)
+    for (int i = 0; i < nin; i++) {
+      mm_tensor_release(result[i]);
+      result[i] = NULL;
+    }
   return rc;
 }
 

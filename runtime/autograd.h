@@ -62,6 +62,7 @@ struct mm_node {
   void *args;                   /* the op's argument struct (copied), or NULL */
   bool released;                /* saved tensors freed by a backward without retain_graph */
   mm_tensor *output;            /* weak: the output tensor while it lives */
+  mm_hook *hooks;               /* gradient hooks of the output (a non-leaf's) */
   mm_dtype out_dtype;
   int out_ndim;
   int64_t out_shape[MM_MAX_DIMS];
@@ -114,6 +115,17 @@ int mm_inplace_commit(mm_tensor *self, mm_tensor *value, const char *op);
    the storage), e.g. one element for t:_set(i, v). */
 mm_tensor *mm_strided_view(mm_tensor *t, int ndim, const int64_t *shape, const int64_t *stride,
                            int64_t offset);
+
+/* A registered gradient hook (a list per leaf tensor or node). */
+struct mm_hook {
+  mm_grad_hook_fn fn;
+  void *ctx;
+  void (*free_ctx)(void *);
+  uint64_t id;
+  struct mm_hook *next;
+};
+/* Frees a hook list (tensor.c and node release). */
+void mm_hooks_free(mm_hook *h);
 
 /* Node lifetime (tensor.c: a tensor owns its grad_fn node, a node owns its
    saved tensors, so both lifetimes live in one file). */

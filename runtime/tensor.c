@@ -164,6 +164,7 @@ void mm_tensor_release(mm_tensor *t) {
   if (t->grad) mm_tensor_release(t->grad);
   if (t->grad_fn) mm_autograd_detach_output(t);
   if (t->base) mm_tensor_release(t->base);   /* a root base: no deeper recursion */
+  if (t->hooks) mm_hooks_free(t->hooks);
   t->grad = free_headers;
   free_headers = t;
 }
@@ -186,6 +187,15 @@ void mm_empty_cache(void) {
  * above this file and the kernels; nothing here calls an op. */
 
 void mm_node_retain(mm_node *n) { n->refcount++; }
+
+void mm_hooks_free(mm_hook *h) {
+  while (h) {
+    mm_hook *next = h->next;
+    if (h->free_ctx) h->free_ctx(h->ctx);
+    free(h);
+    h = next;
+  }
+}
 
 void mm_node_release_saved(mm_node *n) {
   for (int i = 0; i < n->nsaved; i++) {
@@ -220,6 +230,7 @@ void mm_node_release(mm_node *first) {
     }
     mm_node_release_saved(n);
     if (n->grad_acc) mm_tensor_release(n->grad_acc);
+    if (n->hooks) mm_hooks_free(n->hooks);
     free(n);
   }
   if (stack != inline_stack) free(stack);

@@ -43,6 +43,7 @@ typedef struct mm_storage {
 } mm_storage;
 
 typedef struct mm_node mm_node;
+typedef struct mm_hook mm_hook;   /* gradient hooks (autograd.c) */
 
 typedef struct mm_tensor {
   int64_t refcount;
@@ -62,6 +63,7 @@ typedef struct mm_tensor {
                                      a reference), or NULL: an in-place write through
                                      the view updates the base's history */
   uint64_t view_version;          /* storage version when the view's grad_fn was made */
+  mm_hook *hooks;                 /* a leaf's gradient hooks (a non-leaf's are on grad_fn) */
 } mm_tensor;
 
 /* ---- errors ---------------------------------------------------------- */
@@ -249,6 +251,23 @@ const char *mm_grad_fn_name(const mm_tensor *t);
 /* Cuts t from the graph in place: it becomes a leaf that does not require
    grad (PyTorch's detach_). */
 void mm_detach_(mm_tensor *t);
+/* Gradients of outputs with respect to inputs, returned in result[0..nin)
+   (new references, NULL for an input the outputs do not depend on when
+   allow_unused) without touching any .grad: torch.autograd.grad.
+   grad_outputs may be NULL, or hold NULL for a one-element output. */
+int mm_grad(int nout, mm_tensor *const *outputs, mm_tensor *const *grad_outputs, int nin,
+            mm_tensor *const *inputs, bool retain_graph, bool allow_unused, mm_tensor **result);
+/* A gradient hook runs when the gradient of t is computed during backward
+   (for a leaf, before it reaches .grad): it returns NULL to keep the
+   gradient, a new reference of the same shape to replace it, or sets
+   *failed (with a message in mm_error()) to stop the backward. */
+typedef mm_tensor *(*mm_grad_hook_fn)(void *ctx, mm_tensor *grad, int *failed);
+/* Registers fn on t (which must require grad); free_ctx(ctx), if given, is
+   called when the hook is removed or t's history is freed.  Returns a
+   handle > 0 for mm_remove_hook, or 0 with a message. */
+uint64_t mm_register_hook(mm_tensor *t, mm_grad_hook_fn fn, void *ctx, void (*free_ctx)(void *));
+/* Removes a hook registered on t; 0 if it was there, -1 if not. */
+int mm_remove_hook(mm_tensor *t, uint64_t handle);
 /* Gradient norms per node during backward, for the graph export. */
 void mm_autograd_set_stats(bool on);
 bool mm_autograd_stats_enabled(void);

@@ -387,3 +387,82 @@ describe("grad-mode idioms", function()
     H.error_with(function() mm.no_grad(5) end, "no_grad: expected a function", "got number")
   end)
 end)
+
+describe("mm.autograd.grad (values from PyTorch 1.13)", function()
+  it("returns gradients for leaves and non-leaves without touching .grad", function()
+    local x = mm.tensor({ 1.0, 2.0, 3.0 }, { requires_grad = true })
+    local w = mm.tensor({ 4.0, 5.0, 6.0 }, { requires_grad = true })
+    local y = x * w
+    local z = (y * y):sum()
+    local g = mm.autograd.grad(z, { x, w, y }, { retain_graph = true })
+    assert.are.same({ 32, 100, 216 }, H.values(g[1]))
+    assert.are.same({ 8, 40, 108 }, H.values(g[2]))
+    assert.are.same({ 8, 20, 36 }, H.values(g[3]))
+    assert.is_nil(x.grad)
+    assert.is_nil(w.grad)
+    z:backward()   -- the graph was retained
+    assert.are.same({ 32, 100, 216 }, H.values(x.grad))
+  end)
+
+  it("takes several outputs with grad_outputs, and allow_unused", function()
+    local x = mm.tensor({ 1.0, 2.0 }, { requires_grad = true })
+    local u = mm.tensor({ 7.0 }, { requires_grad = true })
+    local a, b = x * 2, x * x
+    local g = mm.autograd.grad({ a, b }, { x, u }, { grad_outputs = { mm.ones(2), mm.tensor({ 1.0, 10.0 }) },
+                                                    allow_unused = true })
+    assert.are.same({ 4, 42 }, H.values(g[1]))
+    assert.is_nil(g[2])
+    H.error_with(function() mm.autograd.grad((x * 3):sum(), { x, u }) end,
+                 "input 2 was not used to compute the outputs")
+  end)
+
+  it("refuses unknown options, create_graph, and inputs that do not require grad", function()
+    local x = mm.tensor({ 1.0 }, { requires_grad = true })
+    H.error_with(function() mm.autograd.grad((x * 2):sum(), x, { retain = true }) end,
+                 "autograd.grad: unknown option 'retain' (accepted: grad_outputs, retain_graph")
+    H.error_with(function() mm.autograd.grad((x * 2):sum(), x, { create_graph = true }) end,
+                 "not supported yet")
+    H.error_with(function() mm.autograd.grad((x * 2):sum(), mm.ones(1)) end, "input 1 does not require grad")
+    H.error_with(function() (x * 2):sum():backward({ retian_graph = true }) end,
+                 "backward: unknown option 'retian_graph'")
+  end)
+end)
+
+describe("t:register_hook (values from PyTorch 1.13)", function()
+  it("changes a leaf's gradient before it reaches .grad, and is removable", function()
+    local x = mm.tensor({ 1.0, 2.0, 3.0 }, { requires_grad = true })
+    local h = x:register_hook(function(g) return g * 10 end)
+    ;(x * x):sum():backward()
+    assert.are.same({ 20, 40, 60 }, H.values(x.grad))
+    x.grad = nil
+    h:remove()
+    h:remove()   -- twice is harmless
+    ;(x * x):sum():backward()
+    assert.are.same({ 2, 4, 6 }, H.values(x.grad))
+  end)
+
+  it("sees and may replace a non-leaf's gradient; nil keeps it", function()
+    local x = mm.tensor({ 1.0, 2.0, 3.0 }, { requires_grad = true })
+    local y = x * 2
+    local seen
+    y:register_hook(function(g) seen = H.values(g) end)
+    y:register_hook(function(g) return g + 1 end)
+    ;(y * y):sum():backward()
+    assert.are.same({ 4, 8, 12 }, seen)
+    assert.are.same({ 10, 18, 26 }, H.values(x.grad))
+  end)
+
+  it("an error in a hook surfaces with its message and leaves the engine usable", function()
+    local x = mm.tensor({ 1.0, 2.0 }, { requires_grad = true })
+    local y = x * 3
+    y:register_hook(function() error("bad hook") end)
+    H.error_with(function() y:sum():backward({ retain_graph = true }) end, "hook:", "bad hook")
+    local x2 = mm.tensor({ 1.0 }, { requires_grad = true })
+    ;(x2 * 5):sum():backward()
+    assert.are.same({ 5 }, H.values(x2.grad))
+    local z = mm.tensor({ 1.0, 2.0 }, { requires_grad = true })
+    z:register_hook(function() return mm.ones(3) end)
+    H.error_with(function() (z * 1):sum():backward() end, "returned a gradient of shape (3) for one of shape (2)")
+    H.error_with(function() mm.ones(2):register_hook(print) end, "does not require grad")
+  end)
+end)
