@@ -148,8 +148,10 @@ mm_tensor *mm_tensor_view_of(const mm_tensor *base, int ndim, const int64_t *sha
   if (!t) return NULL;
   t->dtype = base->dtype;
   t->ndim = ndim;
-  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
-  memcpy(t->stride, stride, sizeof(int64_t) * (size_t)ndim);
+  if (ndim > 0) {   /* a 0-dim view may come with NULL shape and strides */
+    memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+    memcpy(t->stride, stride, sizeof(int64_t) * (size_t)ndim);
+  }
   t->offset = offset;
   t->storage = base->storage;
   mm_storage_retain(t->storage);
