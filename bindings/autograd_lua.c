@@ -59,33 +59,28 @@ static int m_backward(lua_State *L) {
   return 0;
 }
 
-/* A list of tensors (a tensor alone counts as a list of one) at idx, into
- * a malloc'd array of borrowed pointers (the Lua values keep them alive). */
-static mm_tensor **tensor_list(lua_State *L, int idx, const char *where, const char *what, int *n,
-                               bool nil_entries) {
+/* A list of tensors (a tensor alone counts as a list of one) at idx, as an
+ * array of borrowed pointers (the Lua values keep them alive) in a userdata
+ * left on the stack: an error raised on the way frees nothing by hand. */
+static mm_tensor **tensor_list(lua_State *L, int idx, const char *what, int *n, bool nil_entries) {
+  idx = lua_absindex(L, idx);
   if (mm_lua_test(L, idx)) {
-    mm_tensor **v = malloc(sizeof *v);
-    if (!v) luaL_error(L, "%s: out of memory", where);
+    mm_tensor **v = lua_newuserdatauv(L, sizeof *v, 0);
     v[0] = mm_lua_check(L, idx);
     *n = 1;
     return v;
   }
   if (!lua_istable(L, idx))
-    luaL_error(L, "%s: expected a Tensor or a list of Tensors as %s, got %s", where, what,
+    luaL_error(L, "grad: expected a Tensor or a list of Tensors as %s, got %s", what,
                luaL_typename(L, idx));
   int k = (int)lua_rawlen(L, idx);
-  mm_tensor **v = calloc((size_t)(k ? k : 1), sizeof *v);
-  if (!v) luaL_error(L, "%s: out of memory", where);
+  mm_tensor **v = lua_newuserdatauv(L, (size_t)(k ? k : 1) * sizeof *v, 0);
   for (int i = 1; i <= k; i++) {
     lua_rawgeti(L, idx, i);
     v[i - 1] = mm_lua_test(L, -1);
-    bool bad = !v[i - 1] && !(nil_entries && lua_isnil(L, -1));
-    const char *type = luaL_typename(L, -1);
+    if (!v[i - 1] && !(nil_entries && lua_isnil(L, -1)))
+      luaL_error(L, "grad: expected a Tensor as %s[%d], got %s", what, i, luaL_typename(L, -1));
     lua_pop(L, 1);
-    if (bad) {
-      free(v);
-      luaL_error(L, "%s: expected a Tensor as %s[%d], got %s", where, what, i, type);
-    }
   }
   *n = k;
   return v;
@@ -95,24 +90,20 @@ static mm_tensor **tensor_list(lua_State *L, int idx, const char *where, const c
  * -> a list of gradients (nil for unused inputs).  mm.autograd.grad checks
  * the options table in Lua. */
 static int l_autograd_grad(lua_State *L) {
+  lua_settop(L, 5);
   int nout, nin, ngo = 0;
-  mm_tensor **outs = tensor_list(L, 1, "grad", "outputs", &nout, false);
-  mm_tensor **ins = lua_isnoneornil(L, 2) ? NULL : tensor_list(L, 2, "grad", "inputs", &nin, false);
-  if (!ins) { free(outs); return luaL_error(L, "grad: expected inputs as argument 2"); }
-  mm_tensor **gos = lua_isnoneornil(L, 3) ? NULL
-                  : tensor_list(L, 3, "grad", "grad_outputs", &ngo, true);
-  if (gos && ngo != nout) {
-    free(outs), free(ins), free(gos);
+  mm_tensor **outs = tensor_list(L, 1, "outputs", &nout, false);
+  if (lua_isnil(L, 2)) return luaL_error(L, "grad: expected inputs as argument 2");
+  mm_tensor **ins = tensor_list(L, 2, "inputs", &nin, false);
+  mm_tensor **gos = lua_isnil(L, 3) ? NULL : tensor_list(L, 3, "grad_outputs", &ngo, true);
+  if (gos && ngo != nout)
     return luaL_error(L, "grad: expected %d grad_outputs (one per output), got %d", nout, ngo);
-  }
-  mm_tensor **res = calloc((size_t)nin, sizeof *res);
-  if (!res) { free(outs), free(ins), free(gos); return luaL_error(L, "grad: out of memory"); }
+  mm_tensor **res = lua_newuserdatauv(L, (size_t)(nin ? nin : 1) * sizeof *res, 0);
   lua_State *prev = backward_L;
   backward_L = L;
   int rc = mm_grad(nout, outs, gos, nin, ins, lua_toboolean(L, 4), lua_toboolean(L, 5), res);
   backward_L = prev;
-  free(outs), free(ins), free(gos);
-  if (rc < 0) { free(res); return mm_lua_error(L); }
+  if (rc < 0) return mm_lua_error(L);
   lua_createtable(L, nin, 0);
   for (int i = 0; i < nin; i++) {
     if (res[i]) {
@@ -120,7 +111,6 @@ static int l_autograd_grad(lua_State *L) {
       lua_rawseti(L, -2, i + 1);
     }
   }
-  free(res);
   return 1;
 }
 
