@@ -55,15 +55,25 @@ static void *sys_alloc(size_t bytes) {
   return p;
 }
 
-/* MICROML_MAX_BYTES caps live tensor memory from the environment. */
+/* MICROML_MAX_BYTES caps tensor memory from the environment.  A value that
+ * does not parse is recorded (mm_config_error) and leaves no limit; the
+ * bindings refuse to start with it, so nothing runs unlimited by mistake. */
 static bool env_limit_read;
 
 static void read_env_limit(void) {
   if (env_limit_read) return;
   env_limit_read = true;
   const char *e = getenv("MICROML_MAX_BYTES");
-  if (e && *e) stats.bytes_limit = strtoull(e, NULL, 10);
+  uint64_t v;
+  if (!e || !*e) return;
+  if (mm_parse_count(e, true, (uint64_t)1 << 62, &v)) stats.bytes_limit = v;
+  else
+    mm_env_fail("MICROML_MAX_BYTES=%s: expected a number of bytes such as 1000000, 1e9, 512M "
+                "or 2GiB (K M G T and KiB MiB GiB TiB are powers of 1024, KB MB GB TB of "
+                "1000; 0 means no limit)", e);
 }
+
+void mm_storage_read_env(void) { read_env_limit(); }
 
 mm_storage *mm_storage_new(size_t nbytes) {
   size_t cap;
