@@ -124,7 +124,7 @@ mm_tensor *mm_tensor_empty_unchecked(mm_dtype dt, int ndim, const int64_t *shape
   t->dtype = dt;
   t->ndim = ndim;
   t->storage = s;
-  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  if (ndim) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);   /* scalars pass NULL */
   mm_contiguous_strides(ndim, shape, t->stride);
   return t;
 }
