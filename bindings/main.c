@@ -673,6 +673,13 @@ static int pmain(lua_State *L) {
     lua_pushboolean(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
   }
+  /* The environment is checked before anything runs, whether or not the
+   * script requires microml: a bad value is a start-up error. */
+  const char *cfg = mm_config_error();
+  if (cfg) {
+    fprintf(stderr, PROGNAME ": %s\n", cfg);
+    return 0;
+  }
   luaL_openlibs(L);
   preload_modules(L);
   int script = first < argc ? first : 0;

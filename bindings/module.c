@@ -35,6 +35,10 @@ static void anchor_pool_guard(lua_State *L) {
 }
 
 int luaopen_microml_core(lua_State *L) {
+  /* A bad MICROML_MAX_BYTES / MICROML_NUM_THREADS fails `require` rather
+   * than running with no limit or the wrong thread count. */
+  const char *cfg = mm_config_error();
+  if (cfg) return luaL_error(L, "microml: %s", cfg);
   anchor_pool_guard(L);
   lua_newtable(L);                         /* module */
   int module = lua_gettop(L);

@@ -411,8 +411,13 @@ static int m_flatten(lua_State *L) {
   int64_t shape[MM_MAX_DIMS];
   int nd = 0;
   for (int i = 0; i < s; i++) shape[nd++] = t->shape[i];
+  /* The count fits int64 for the whole tensor, but not necessarily for a
+   * range of its dims when a size outside the range is 0. */
   int64_t m = 1;
-  for (int i = s; i <= e; i++) m *= t->shape[i];
+  for (int i = s; i <= e; i++)
+    if (__builtin_mul_overflow(m, t->shape[i], &m))
+      return luaL_error(L, "flatten: dimensions %d..%d of an empty tensor hold more than 2^63-1 "
+                        "elements together; cannot merge them", s + 1, e + 1);
   shape[nd++] = m;
   for (int i = e + 1; i < t->ndim; i++) shape[nd++] = t->shape[i];
   return mm_lua_push(L, mm_reshape(t, nd, shape));

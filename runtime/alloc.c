@@ -24,6 +24,43 @@ static block *freelist[NCLASSES];
 static mm_memory_stats stats;
 static uint64_t alloc_debt;
 
+/* ---- the cache's bound ---------------------------------------------------------
+ * A training loop frees and reallocates the same sizes every step, and then
+ * the cache never holds more than the live peak.  A program of ever-changing
+ * sizes would fill it without end (every size class keeps what it was
+ * given), so cached bytes are capped at max(CACHE_FLOOR, 2 x the live peak
+ * of the recent past): twice the working set keeps a steady loop and its
+ * occasional larger step served from the cache, while the floor keeps small
+ * programs from ever calling malloc again.  "Recent" is the higher of the
+ * peaks of the current and the previous window of WINDOW allocations, so the
+ * cap follows a program that shrinks.  Past the cap, blocks are freed from
+ * the largest classes down (fewest frees for the bytes, and big blocks go
+ * straight back to the system).  A memory limit counts cached bytes too:
+ * cached blocks are freed before an allocation is refused. */
+#define CACHE_FLOOR ((uint64_t)256 << 20)
+#define WINDOW 4096
+
+static uint64_t window_peak[2];   /* current, previous */
+static unsigned window_allocs;
+
+static uint64_t cache_cap(void) {
+  uint64_t recent = window_peak[0] > window_peak[1] ? window_peak[0] : window_peak[1];
+  return 2 * recent > CACHE_FLOOR ? 2 * recent : CACHE_FLOOR;
+}
+
+/* Frees cached blocks, largest classes first, until at most `keep` bytes
+ * stay cached. */
+static void cache_trim(uint64_t keep) {
+  for (int c = NCLASSES - 1; c >= 0 && stats.bytes_cached > keep; c--) {
+    while (freelist[c] && stats.bytes_cached > keep) {
+      block *b = freelist[c];
+      freelist[c] = b->next;
+      stats.bytes_cached -= ((mm_storage *)b)->capacity;
+      free(b);
+    }
+  }
+}
+
 /* Size class index and the class's capacity for n bytes. */
 static int size_class(size_t n, size_t *cap) {
   if (n <= 64) { *cap = 64; return 0; }
@@ -55,15 +92,25 @@ static void *sys_alloc(size_t bytes) {
   return p;
 }
 
-/* MICROML_MAX_BYTES caps live tensor memory from the environment. */
+/* MICROML_MAX_BYTES caps tensor memory from the environment.  A value that
+ * does not parse is recorded (mm_config_error) and leaves no limit; the
+ * bindings refuse to start with it, so nothing runs unlimited by mistake. */
 static bool env_limit_read;
 
 static void read_env_limit(void) {
   if (env_limit_read) return;
   env_limit_read = true;
   const char *e = getenv("MICROML_MAX_BYTES");
-  if (e && *e) stats.bytes_limit = strtoull(e, NULL, 10);
+  uint64_t v;
+  if (!e || !*e) return;
+  if (mm_parse_count(e, true, (uint64_t)1 << 62, &v)) stats.bytes_limit = v;
+  else
+    mm_env_fail("MICROML_MAX_BYTES=%s: expected a number of bytes such as 1000000, 1e9, 512M "
+                "or 2GiB (K M G T and KiB MiB GiB TiB are powers of 1024, KB MB GB TB of "
+                "1000; 0 means no limit)", e);
 }
+
+void mm_storage_read_env(void) { read_env_limit(); }
 
 mm_storage *mm_storage_new(size_t nbytes) {
   size_t cap;
@@ -86,6 +133,10 @@ mm_storage *mm_storage_new(size_t nbytes) {
     freelist[c] = b->next;
     stats.bytes_cached -= cap;
   } else {
+    /* A fresh block adds to live + cached, which the limit bounds as a
+     * whole: make room by freeing cached blocks (live + cap fits, above). */
+    if (stats.bytes_limit && stats.bytes_live + stats.bytes_cached + cap > stats.bytes_limit)
+      cache_trim(stats.bytes_limit - stats.bytes_live - cap);
     b = sys_alloc(HEADER + cap);
     if (!b) {
       mm_storage_cache_empty();
@@ -109,6 +160,12 @@ mm_storage *mm_storage_new(size_t nbytes) {
   stats.alloc_count++;
   stats.bytes_live += cap;
   if (stats.bytes_live > stats.bytes_peak) stats.bytes_peak = stats.bytes_live;
+  if (stats.bytes_live > window_peak[0]) window_peak[0] = stats.bytes_live;
+  if (++window_allocs == WINDOW) {
+    window_allocs = 0;
+    window_peak[1] = window_peak[0];
+    window_peak[0] = stats.bytes_live;
+  }
   return s;
 }
 
@@ -124,6 +181,8 @@ void mm_storage_release(mm_storage *s) {
     b->next = freelist[c];
     freelist[c] = b;
     stats.bytes_cached += cap;
+    uint64_t cap_bytes = cache_cap();
+    if (stats.bytes_cached > cap_bytes) cache_trim(cap_bytes);
   } else {
     free(b);
   }
@@ -147,6 +206,9 @@ void mm_memory_stats_get(mm_memory_stats *out) { *out = stats; }
 void mm_set_memory_limit(uint64_t bytes) {
   env_limit_read = true;
   stats.bytes_limit = bytes;
+  /* cached bytes count against the limit too */
+  if (bytes && stats.bytes_live + stats.bytes_cached > bytes)
+    cache_trim(bytes > stats.bytes_live ? bytes - stats.bytes_live : 0);
 }
 
 uint64_t mm_take_alloc_debt(void) {

@@ -49,7 +49,7 @@ typedef struct {
 
 static int geom_init(geom *g, const mm_tensor *x, int64_t O, int64_t kh, int64_t kw,
                      const int64_t stride[2], const int64_t padding[2], const char *op) {
-  char b1[160];
+  char b1[160], b2[160];
   *g = (geom){.N = x->shape[0], .C = x->shape[1], .H = x->shape[2], .W = x->shape[3], .O = O,
               .kh = kh, .kw = kw, .sh = stride[0], .sw = stride[1], .ph = padding[0],
               .pw = padding[1]};
@@ -68,16 +68,38 @@ static int geom_init(geom *g, const mm_tensor *x, int64_t O, int64_t kh, int64_t
                  (long long)g->pw);
     return -1;
   }
-  if (g->H + 2 * g->ph < kh || g->W + 2 * g->pw < kw) {
+  /* Paddings come from the user: the padded sizes and every product the
+   * kernels form from them (output plane, one image's columns) must fit,
+   * so they are computed checked once here; conv_geom_of and the kernels
+   * then recompute nothing larger. */
+  int64_t Hp, Wp, P, per;
+  if (!mm_mul_ok(2, g->ph, &Hp) || !mm_add_ok(Hp, g->H, &Hp) || !mm_mul_ok(2, g->pw, &Wp) ||
+      !mm_add_ok(Wp, g->W, &Wp)) {
+    mm_set_error("%s: padding (%lld, %lld) is too large for input shape %s", op,
+                 (long long)g->ph, (long long)g->pw,
+                 mm_shape_str(x->ndim, x->shape, b1, sizeof b1));
+    return -1;
+  }
+  if (Hp < kh || Wp < kw) {
     mm_set_error("%s: kernel %lldx%lld is larger than the padded input %lldx%lld (input shape "
                  "%s, padding (%lld, %lld))", op, (long long)kh, (long long)kw,
-                 (long long)(g->H + 2 * g->ph), (long long)(g->W + 2 * g->pw),
+                 (long long)Hp, (long long)Wp,
                  mm_shape_str(x->ndim, x->shape, b1, sizeof b1), (long long)g->ph,
                  (long long)g->pw);
     return -1;
   }
-  g->Ho = (g->H + 2 * g->ph - kh) / g->sh + 1;
-  g->Wo = (g->W + 2 * g->pw - kw) / g->sw + 1;
+  g->Ho = (Hp - kh) / g->sh + 1;
+  g->Wo = (Wp - kw) / g->sw + 1;
+  int64_t yshape[4] = {g->N, O, g->Ho, g->Wo}, y;
+  if (!mm_mul_ok(g->Ho, g->Wo, &P) || !mm_mul_ok(g->C, kh, &per) || !mm_mul_ok(per, kw, &per) ||
+      !mm_add_ok(per, O, &per) || !mm_mul_ok(per, P, &per) ||
+      !mm_shape_numel(4, yshape, &y) || y > ((int64_t)1 << 50)) {
+    mm_set_error("%s: output shape %s is too large (input shape %s, padding (%lld, %lld))", op,
+                 mm_shape_str(4, yshape, b2, sizeof b2),
+                 mm_shape_str(x->ndim, x->shape, b1, sizeof b1), (long long)g->ph,
+                 (long long)g->pw);
+    return -1;
+  }
   return 0;
 }
 

@@ -77,38 +77,66 @@ static void format_dim(sbuf *b, const fmt_state *f, int d, int64_t off, int inde
   put(b, "]");
 }
 
+/* Calls fn on every element format_dim will print, and on no other: the
+ * format depends only on what is shown, and an elided view of 2^40
+ * broadcast elements must not be walked (it would take hours). */
+typedef void (*visit_fn)(void *ctx, double v);
+
+static double value_at(const mm_tensor *t, int64_t o) {
+  return t->dtype == MM_FLOAT32 ? ((float *)t->storage->data)[o]
+       : t->dtype == MM_FLOAT64 ? ((double *)t->storage->data)[o]
+       : (double)((int64_t *)t->storage->data)[o];
+}
+
+static void visit_printed(const fmt_state *f, int d, int64_t off, visit_fn fn, void *ctx) {
+  const mm_tensor *t = f->t;
+  if (d == t->ndim) { fn(ctx, value_at(t, off)); return; }
+  int64_t n = t->shape[d];
+  for (int64_t i = 0; i < n; i++) {
+    if (f->elide && n > 2 * EDGE && i == EDGE) i = n - EDGE;   /* as format_dim skips */
+    visit_printed(f, d + 1, off + i * t->stride[d], fn, ctx);
+  }
+}
+
+typedef struct { double amax, amin; bool ints, any; } range_acc;
+
+static void visit_range(void *ctx, double v) {
+  range_acc *r = ctx;
+  if (!isfinite(v)) return;
+  r->any = true;
+  double a = fabs(v);
+  if (a > r->amax) r->amax = a;
+  if (a > 0 && a < r->amin) r->amin = a;
+  if (v != floor(v)) r->ints = false;
+}
+
+typedef struct { const fmt_state *probe; int width; } width_acc;
+
+static void visit_width(void *ctx, double v) {
+  width_acc *w = ctx;
+  sbuf tmp = {0};
+  format_value(&tmp, w->probe, v);
+  if ((int)tmp.n > w->width) w->width = (int)tmp.n;
+  free(tmp.s);
+}
+
 /* Chooses one format for all printed values: integers print as "3.",
  * moderate ranges as fixed point with 4 decimals, others in scientific. */
 static void choose_format(fmt_state *f) {
   const mm_tensor *t = f->t;
-  int64_t n = mm_numel(t);
-  double amax = 0, amin = INFINITY;
-  bool ints = true, any = false;
-  for (int64_t i = 0; i < n; i++) {
-    if (f->elide && n > 2 * EDGE * 64 && i > EDGE * 64 && i < n - EDGE * 64) continue;
-    double v = mm_get_flat(t, i);
-    if (!isfinite(v)) continue;
-    any = true;
-    double a = fabs(v);
-    if (a > amax) amax = a;
-    if (a > 0 && a < amin) amin = a;
-    if (v != floor(v)) ints = false;
-  }
-  f->ints = t->dtype != MM_INT64 && ints && amax < 1e8;
-  f->sci = any && !f->ints && (amax >= 1e8 || (amin < 1e-4 && amin > 0) || amax / amin > 1e7);
+  range_acc r = {0, INFINITY, true, false};
+  bool empty = mm_numel(t) == 0;
+  if (!empty) visit_printed(f, 0, t->offset, visit_range, &r);
+  f->ints = t->dtype != MM_INT64 && r.ints && r.amax < 1e8;
+  f->sci = r.any && !f->ints &&
+           (r.amax >= 1e8 || (r.amin < 1e-4 && r.amin > 0) || r.amax / r.amin > 1e7);
   f->prec = 4;
   /* width: the widest printed element */
   fmt_state probe = *f;
   probe.width = 0;
-  int w = 1;
-  for (int64_t i = 0; i < n; i++) {
-    if (f->elide && n > 2 * EDGE * 64 && i > EDGE * 64 && i < n - EDGE * 64) continue;
-    sbuf tmp = {0};
-    format_value(&tmp, &probe, mm_get_flat(t, i));
-    if ((int)tmp.n > w) w = (int)tmp.n;
-    free(tmp.s);
-  }
-  f->width = w;
+  width_acc w = {&probe, 1};
+  if (!empty) visit_printed(f, 0, t->offset, visit_width, &w);
+  f->width = w.width;
 }
 
 char *mm_tensor_format(const mm_tensor *t) {

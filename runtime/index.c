@@ -411,7 +411,7 @@ mm_tensor *mm_one_hot(mm_tensor *idx, int64_t num_classes, int64_t base) {
     }
     int64_t mx = ix[0];
     for (int64_t i = 1; i < n; i++) mx = ix[i] > mx ? ix[i] : mx;
-    if (mx - base >= ((int64_t)1 << 40)) {
+    if (mx >= base && mx - base >= ((int64_t)1 << 40)) {   /* mx - base may overflow below base */
       mm_set_error("one_hot: the largest index %lld gives too many classes", (long long)mx);
       mm_tensor_release(ic);
       return NULL;

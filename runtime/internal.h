@@ -18,14 +18,66 @@
 
 #include "microml.h"
 
+/* ---- checked arithmetic ------------------------------------------------------
+ * Sizes, strides and offsets come from users (Lua integers up to 2^63-1), so
+ * every product or sum of them is computed with these: signed overflow is
+ * undefined behaviour, and a wrapped size turns into a wrong answer or an
+ * out-of-bounds access.  Each returns false when the result does not fit. */
+static inline bool mm_add_ok(int64_t a, int64_t b, int64_t *r) {
+  return !__builtin_add_overflow(a, b, r);
+}
+static inline bool mm_mul_ok(int64_t a, int64_t b, int64_t *r) {
+  return !__builtin_mul_overflow(a, b, r);
+}
+/* The element count of a shape (sizes >= 0), false if it exceeds int64.  A
+ * zero size anywhere gives 0, even when the other sizes' product would not
+ * fit (an empty (0, 2^40, 2^40) tensor is fine). */
+static inline bool mm_shape_numel(int ndim, const int64_t *shape, int64_t *n) {
+  for (int i = 0; i < ndim; i++)
+    if (shape[i] == 0) { *n = 0; return true; }
+  int64_t p = 1;
+  for (int i = 0; i < ndim; i++)
+    if (!mm_mul_ok(p, shape[i], &p)) return false;
+  *n = p;
+  return true;
+}
+/* Row-major strides for shape.  Of an empty shape any strides are valid (no
+ * element is reachable), so where the running product would overflow there
+ * it stops growing instead. */
+static inline void mm_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride) {
+  int64_t s = 1;
+  for (int i = ndim - 1; i >= 0; i--) {
+    stride[i] = s;
+    int64_t next;
+    if (shape[i] > 1 && mm_mul_ok(s, shape[i], &next)) s = next;
+  }
+}
+
+/* ---- the environment (error.c) -------------------------------------------- */
+/* A non-negative count: digits, optionally with a fraction and/or exponent
+ * (1e9, 1.5e3) that leave a whole number, and with byte_suffixes one of K M
+ * G T or KiB MiB GiB TiB (powers of 1024) or KB MB GB TB (powers of 1000).
+ * False for anything else or above max. */
+bool mm_parse_count(const char *text, bool byte_suffixes, uint64_t max, uint64_t *out);
+/* Records a bad environment variable (the first one) for mm_config_error. */
+void mm_env_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *mm_env_error(void);   /* NULL when nothing was recorded */
+
 /* ---- tensors (tensor.c, alloc.c) ----------------------------------------- */
-/* A view sharing t's storage with the given geometry (no checks). */
+/* A view sharing t's storage with the given geometry.  The one place views
+ * are made, so it enforces the invariant every kernel relies on: the element
+ * count fits int64 and every reachable offset lies inside the storage.  NULL
+ * with a message naming `where` otherwise (mm_tensor_view_of: "view"). */
+mm_tensor *mm_tensor_view_checked(const mm_tensor *t, int ndim, const int64_t *shape,
+                                  const int64_t *stride, int64_t offset, const char *where);
 mm_tensor *mm_tensor_view_of(const mm_tensor *t, int ndim, const int64_t *shape,
                              const int64_t *stride, int64_t offset);
 /* mm_tensor_empty without the shape check (the caller's shape is valid). */
 mm_tensor *mm_tensor_empty_unchecked(mm_dtype dt, int ndim, const int64_t *shape);
 /* Frees the allocator's cached blocks (mm_empty_cache also frees headers). */
 void mm_storage_cache_empty(void);
+/* Reads MICROML_MAX_BYTES now if it has not been read (alloc.c). */
+void mm_storage_read_env(void);
 
 /* Result dtype of a binary op between two tensors (float64 > float32 > int64). */
 static inline mm_dtype mm_promote(mm_dtype a, mm_dtype b) {

@@ -1,11 +1,24 @@
 /* iter.c — setup and execution of the broadcasting loop (see iter.h). */
 #include <string.h>
 
+#include "internal.h"
 #include "iter.h"
 #include "parallel.h"
 
 void mm_iter_init(mm_iter *it, int nops, mm_tensor *const *ops, int ndim, const int64_t *shape) {
   it->nops = nops;
+  /* Nothing to visit: an empty operand's strides may be anything (huge ones
+   * too), so they are not even scaled to bytes. */
+  for (int d = 0; d < ndim; d++)
+    if (shape[d] == 0) {
+      for (int k = 0; k < nops; k++) {
+        it->base[k] = (char *)mm_data_ptr(ops[k]);
+        it->stride[k][0] = 0;
+      }
+      it->shape[0] = 0;
+      it->ndim = 1;
+      return;
+    }
   int64_t sh[MM_MAX_DIMS], st[MM_ITER_MAX_OPS][MM_MAX_DIMS];
   for (int k = 0; k < nops; k++) {
     const mm_tensor *t = ops[k];
@@ -143,6 +156,8 @@ void mm_rows_init(mm_rows *r, int nops, mm_tensor *const *ops, int dim) {
     return;
   }
   r->n = ref[dim];
+  for (int d = 0; d < nd; d++)
+    if (d != dim && ref[d] == 0) { r->nrows = 0; return; }   /* no rows; strides unused */
   for (int k = 0; k < nops; k++)
     r->rstride[k] = ops[k]->shape[dim] == 1 ? 0 : ops[k]->stride[dim];
   int n = 0;
@@ -152,7 +167,9 @@ void mm_rows_init(mm_rows *r, int nops, mm_tensor *const *ops, int dim) {
     bool merge = n > 0;
     for (int k = 0; k < nops; k++) {
       st[k] = ops[k]->shape[d] == 1 ? 0 : ops[k]->stride[d];
-      if (merge && r->stride[k][n - 1] != st[k] * ref[d]) merge = false;
+      int64_t span;   /* overflows only where the dims cannot merge anyway */
+      if (merge && (!mm_mul_ok(st[k], ref[d], &span) || r->stride[k][n - 1] != span))
+        merge = false;
     }
     if (merge) {
       r->shape[n - 1] *= ref[d];

@@ -38,6 +38,7 @@
  * chunks itself, not at all).  The owner joins: it runs the tasks nobody
  * started and waits for the rest.  The training loop's next batch is
  * gathered this way. */
+#include "internal.h"
 #include "parallel.h"
 
 #include <pthread.h>
@@ -99,15 +100,18 @@ static void init_threads(void)
 {
   const char *env = getenv("MICROML_NUM_THREADS");
   long n = 0;
+  uint64_t v;
   if (env && *env) {
-    char *end;
-    n = strtol(env, &end, 10);
-    if (*end || n < 1) {
-      fprintf(stderr, "microml: MICROML_NUM_THREADS=%s: expected a positive "
-              "integer; using the number of CPUs\n", env);
-      n = 0;
-    }
+    if (mm_parse_count(env, false, INT32_MAX, &v) && v >= 1) n = (long)v;
+    else   /* recorded, not printed: the bindings refuse to start (mm_config_error) */
+      mm_env_fail("MICROML_NUM_THREADS=%s: expected a positive whole number of threads "
+                  "such as 4 (at most %d are used)", env, MM_MAX_THREADS);
   }
+  /* The CPUs this process may run on (taskset, cgroup cpusets, a batch
+   * scheduler's binding), not all online ones: more threads than those only
+   * time-slice and wait for each other at every barrier. */
+  cpu_set_t set;
+  if (n == 0 && sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
   if (n == 0) n = sysconf(_SC_NPROCESSORS_ONLN);
   int expected = 0;   /* an explicit mm_set_num_threads wins over the environment */
   atomic_compare_exchange_strong(&num_threads, &expected, clamp_threads(n));

@@ -115,7 +115,11 @@ mm_tensor *mm_randint(int64_t low, int64_t high, int ndim, const int64_t *shape)
   mm_tensor *t = mm_tensor_empty(MM_INT64, ndim, shape);
   if (!t) return NULL;
   int64_t n = mm_numel(t), *p = mm_data_ptr(t);
-  for (int64_t i = 0; i < n; i++) p[i] = low + (int64_t)below((uint64_t)(high - low));
+  /* The range in unsigned arithmetic: high - low overflows int64 for the
+   * full range, and low + r can too in between; the final conversion wraps
+   * (two's complement, as gcc and clang define it) to a value in [low, high). */
+  uint64_t range = (uint64_t)high - (uint64_t)low;
+  for (int64_t i = 0; i < n; i++) p[i] = (int64_t)((uint64_t)low + below(range));
   return t;
 }
 

@@ -101,7 +101,13 @@ static mm_tensor *join(int n, mm_tensor *const *ts, int dim, bool stack) {
                      mm_shape_str(t->ndim, t->shape, b2, sizeof b2));
       return NULL;
     }
-    total += stack ? 1 : t->shape[dim];
+    /* inputs may be broadcast views of up to 2^63-1 elements each */
+    if (!mm_add_ok(total, stack ? 1 : t->shape[dim], &total)) {
+      mm_set_error("%s: the joined size of dimension %d does not fit in 64 bits (tensor %d "
+                   "has shape %s)", op, dim + 1, i + 1,
+                   mm_shape_str(t->ndim, t->shape, b1, sizeof b1));
+      return NULL;
+    }
   }
 
   int64_t shape[MM_MAX_DIMS];
@@ -255,13 +261,22 @@ static int pad_amounts(const mm_tensor *x, int npads, const int64_t *pads, int64
     int k = x->ndim - 1 - d;
     before[d] = 2 * k < npads ? pads[2 * k] : 0;
     after[d] = 2 * k < npads ? pads[2 * k + 1] : 0;
+    /* The size is checked in full: x may be a broadcast view of up to
+     * 2^63-1 elements, and the amounts are the user's. */
     const int64_t lim = (int64_t)1 << 50;
-    if (before[d] > lim || before[d] < -lim || after[d] > lim || after[d] < -lim ||
-        x->shape[d] + before[d] + after[d] < 0) {
-      mm_set_error("pad: padding (%lld, %lld) gives dimension %d of shape %s a negative or "
-                   "impossible size %lld", (long long)before[d], (long long)after[d], d + 1,
-                   mm_shape_str(x->ndim, x->shape, b, sizeof b),
-                   (long long)(x->shape[d] + before[d] + after[d]));
+    int64_t size;
+    bool fits = before[d] <= lim && before[d] >= -lim && after[d] <= lim && after[d] >= -lim &&
+                mm_add_ok(x->shape[d], before[d], &size) && mm_add_ok(size, after[d], &size);
+    if (!fits || size < 0) {
+      if (fits)
+        mm_set_error("pad: padding (%lld, %lld) gives dimension %d of shape %s a negative "
+                     "size %lld", (long long)before[d], (long long)after[d], d + 1,
+                     mm_shape_str(x->ndim, x->shape, b, sizeof b), (long long)size);
+      else
+        mm_set_error("pad: padding (%lld, %lld) of dimension %d of shape %s is too large "
+                     "(expected amounts within +-2^50 and a size that fits)",
+                     (long long)before[d], (long long)after[d], d + 1,
+                     mm_shape_str(x->ndim, x->shape, b, sizeof b));
       return -1;
     }
   }

@@ -47,28 +47,30 @@ int mm_check_shape(int ndim, const int64_t *shape, const char *where) {
     mm_set_error("%s: expected at most %d dimensions, got %d", where, MM_MAX_DIMS, ndim);
     return -1;
   }
-  int64_t n = 1;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) {
       mm_set_error("%s: expected sizes >= 0, got %lld for dimension %d", where,
                    (long long)shape[i], i + 1);
       return -1;
     }
-    if (shape[i] && n > ((int64_t)1 << 50) / shape[i]) {
-      char b[160];
-      mm_set_error("%s: shape %s has too many elements to allocate", where,
-                   mm_shape_str(ndim, shape, b, sizeof b));
-      return -1;
-    }
-    n *= shape[i];
+  }
+  /* 2^50 elements is far beyond any machine's memory and keeps numel times
+   * the element size well inside int64 and size_t. */
+  int64_t n;
+  if (!mm_shape_numel(ndim, shape, &n) || n > ((int64_t)1 << 50)) {
+    char b[160];
+    mm_set_error("%s: shape %s has too many elements to allocate", where,
+                 mm_shape_str(ndim, shape, b, sizeof b));
+    return -1;
   }
   return 0;
 }
 
+/* Every tensor's count fits int64 (mm_tensor_view_checked enforces it), but
+ * a running product can still overflow before a later zero size. */
 int64_t mm_numel(const mm_tensor *t) {
-  int64_t n = 1;
-  for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
-  return n;
+  int64_t n;
+  return mm_shape_numel(t->ndim, t->shape, &n) ? n : INT64_MAX;
 }
 
 bool mm_is_contiguous(const mm_tensor *t) {
@@ -105,8 +107,16 @@ mm_tensor *mm_tensor_empty(mm_dtype dt, int ndim, const int64_t *shape) {
 }
 
 mm_tensor *mm_tensor_empty_unchecked(mm_dtype dt, int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; i++) n *= shape[i];
+  /* The caller's shape is a live tensor's, but a broadcast view may have up
+   * to 2^63-1 elements, so materialising one (contiguous, clone, an op's
+   * output) still needs the allocation bound; one comparison. */
+  int64_t n;
+  if (!mm_shape_numel(ndim, shape, &n) || n > ((int64_t)1 << 50)) {
+    char b[160];
+    mm_set_error("tensor: shape %s has too many elements to allocate",
+                 mm_shape_str(ndim, shape, b, sizeof b));
+    return NULL;
+  }
   mm_storage *s = mm_storage_new((size_t)n * mm_dtype_size(dt));
   if (!s) return NULL;
   mm_tensor *t = header_new();
@@ -114,12 +124,8 @@ mm_tensor *mm_tensor_empty_unchecked(mm_dtype dt, int ndim, const int64_t *shape
   t->dtype = dt;
   t->ndim = ndim;
   t->storage = s;
-  int64_t st = 1;
-  for (int i = ndim - 1; i >= 0; i--) {
-    t->shape[i] = shape[i];
-    t->stride[i] = st;
-    st *= shape[i];
-  }
+  if (ndim) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);   /* scalars pass NULL */
+  mm_contiguous_strides(ndim, shape, t->stride);
   return t;
 }
 
@@ -142,8 +148,61 @@ mm_tensor *mm_tensor_full(mm_dtype dt, int ndim, const int64_t *shape, double v)
 
 mm_tensor *mm_tensor_scalar(mm_dtype dt, double v) { return mm_tensor_full(dt, 0, NULL, v); }
 
+/* The geometry invariant (internal.h): the element count fits int64 and the
+ * lowest and highest reachable offsets lie in the storage.  Ops check their
+ * arguments with their own messages first; this is the backstop that no
+ * view op, present or future, can bypass.  An empty view reaches nothing, so
+ * its offset only has to be a sane number: it is clamped into the storage so
+ * that data pointers computed from it stay in range. */
+static int check_view(const mm_tensor *base, int ndim, const int64_t *shape,
+                      const int64_t *stride, int64_t *offset, const char *where) {
+  char b1[160], b2[160];
+  int64_t n, lo = *offset, hi = *offset;
+  int64_t avail = (int64_t)(base->storage->nbytes / mm_dtype_size(base->dtype));
+  if (ndim < 0 || ndim > MM_MAX_DIMS) {
+    mm_set_error("%s: expected at most %d dimensions, got %d", where, MM_MAX_DIMS, ndim);
+    return -1;
+  }
+  for (int i = 0; i < ndim; i++)
+    if (shape[i] < 0) {
+      mm_set_error("%s: expected sizes >= 0, got %lld for dimension %d", where,
+                   (long long)shape[i], i + 1);
+      return -1;
+    }
+  if (!mm_shape_numel(ndim, shape, &n)) {
+    mm_set_error("%s: shape %s has more elements than fit in a 64-bit count (at most "
+                 "2^63-1)", where, mm_shape_str(ndim, shape, b1, sizeof b1));
+    return -1;
+  }
+  if (n == 0) {
+    if (*offset < 0 || *offset > avail) *offset = *offset < 0 ? 0 : avail;
+    return 0;
+  }
+  bool ok = true;
+  for (int i = 0; i < ndim && ok; i++) {
+    int64_t span;   /* (size - 1) * stride: how far this dim moves */
+    ok = mm_mul_ok(shape[i] - 1, stride[i], &span) &&
+         (span < 0 ? mm_add_ok(lo, span, &lo) : mm_add_ok(hi, span, &hi));
+  }
+  if (!ok || lo < 0 || hi >= avail) {
+    mm_set_error("%s: a view of shape %s with strides %s at offset %lld reaches outside its "
+                 "storage of %lld elements (expected offsets 0..%lld)", where,
+                 mm_shape_str(ndim, shape, b1, sizeof b1),
+                 mm_shape_str(ndim, stride, b2, sizeof b2), (long long)*offset,
+                 (long long)avail, (long long)avail - 1);
+    return -1;
+  }
+  return 0;
+}
+
 mm_tensor *mm_tensor_view_of(const mm_tensor *base, int ndim, const int64_t *shape,
                              const int64_t *stride, int64_t offset) {
+  return mm_tensor_view_checked(base, ndim, shape, stride, offset, "view");
+}
+
+mm_tensor *mm_tensor_view_checked(const mm_tensor *base, int ndim, const int64_t *shape,
+                                  const int64_t *stride, int64_t offset, const char *where) {
+  if (check_view(base, ndim, shape, stride, &offset, where) < 0) return NULL;
   mm_tensor *t = header_new();
   if (!t) return NULL;
   t->dtype = base->dtype;
@@ -169,6 +228,12 @@ void mm_tensor_release(mm_tensor *t) {
   if (t->hooks) mm_hooks_free(t->hooks);
   t->grad = free_headers;
   free_headers = t;
+}
+
+const char *mm_config_error(void) {
+  mm_storage_read_env();
+  (void)mm_get_num_threads();   /* reads MICROML_NUM_THREADS once */
+  return mm_env_error();
 }
 
 /* The header free list is a cache like the storage one, and must not

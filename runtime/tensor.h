@@ -69,6 +69,12 @@ typedef struct mm_tensor {
 /* ---- errors ---------------------------------------------------------- */
 const char *mm_error(void);
 void mm_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Reads the environment (MICROML_MAX_BYTES, MICROML_NUM_THREADS) now and
+ * returns NULL if it is valid, else a message naming the variable, its
+ * value and what was expected.  A program should call it at start-up and
+ * refuse to run on a message: the runtime then ignores the bad value
+ * (no limit, one thread per CPU), which is not what was asked for. */
+const char *mm_config_error(void);
 
 /* ---- dtypes ---------------------------------------------------------- */
 size_t mm_dtype_size(mm_dtype dt);

@@ -49,12 +49,13 @@ static int narrow_backward(mm_node *n, mm_tensor *g, mm_tensor **gin) {
 /* Wraps base's storage with a new geometry and records the view op; the
  * node's arguments are niargs integers (dims, offsets) for its backward. */
 static mm_tensor *make_view(mm_tensor *base, int ndim, const int64_t *shape,
-                            const int64_t *stride, int64_t offset, const char *name,
-                            mm_backward_fn fn, const int64_t *iargs, int niargs) {
-  mm_tensor *v = mm_tensor_view_of(base, ndim, shape, stride, offset);
+                            const int64_t *stride, int64_t offset, const char *op,
+                            const char *name, mm_backward_fn fn, const int64_t *iargs,
+                            int niargs) {
+  mm_tensor *v = mm_tensor_view_checked(base, ndim, shape, stride, offset, op);
   if (!v) return NULL;
   mm_view_set_base(v, base);
-  mm_op_def def = {name, name, fn};
+  mm_op_def def = {op, name, fn};
   return mm_record(v, &def, 1, &base, 0, NULL, iargs, sizeof(int64_t) * (size_t)niargs);
 }
 
@@ -109,8 +110,7 @@ static int infer_shape(const mm_tensor *t, int ndim, const int64_t *in, int64_t 
  * merged freely; a new dim may not straddle two such groups. */
 static bool view_strides(const mm_tensor *t, int nd, const int64_t *shape, int64_t *stride) {
   if (mm_numel(t) == 0 || mm_is_contiguous(t)) {
-    int64_t s = 1;
-    for (int i = nd - 1; i >= 0; i--) { stride[i] = s; s *= shape[i] ? shape[i] : 1; }
+    mm_contiguous_strides(nd, shape, stride);
     return true;
   }
   int vd = nd - 1;
@@ -140,15 +140,16 @@ mm_tensor *mm_view(mm_tensor *t, int ndim, const int64_t *in_shape) {
                  mm_shape_str(ndim, shape, b1, sizeof b1));
     return NULL;
   }
-  return make_view(t, ndim, shape, stride, t->offset, "ViewBackward", reshape_backward, NULL, 0);
+  return make_view(t, ndim, shape, stride, t->offset, "view", "ViewBackward", reshape_backward,
+                   NULL, 0);
 }
 
 mm_tensor *mm_reshape(mm_tensor *t, int ndim, const int64_t *in_shape) {
   int64_t shape[MM_MAX_DIMS], stride[MM_MAX_DIMS];
   if (infer_shape(t, ndim, in_shape, shape, "reshape") < 0) return NULL;
   if (view_strides(t, ndim, shape, stride))
-    return make_view(t, ndim, shape, stride, t->offset, "ReshapeBackward", reshape_backward,
-                     NULL, 0);
+    return make_view(t, ndim, shape, stride, t->offset, "reshape", "ReshapeBackward",
+                     reshape_backward, NULL, 0);
   mm_tensor *c = mm_contiguous(t);
   if (!c) return NULL;
   mm_tensor *r = mm_view(c, ndim, shape);
@@ -175,8 +176,8 @@ mm_tensor *mm_permute(mm_tensor *t, int ndim, const int *perm) {
     stride[i] = t->stride[d];
     iargs[i] = d;
   }
-  return make_view(t, ndim, shape, stride, t->offset, "PermuteBackward", permute_backward, iargs,
-                   ndim);
+  return make_view(t, ndim, shape, stride, t->offset, "permute", "PermuteBackward",
+                   permute_backward, iargs, ndim);
 }
 
 mm_tensor *mm_transpose(mm_tensor *t, int d0, int d1) {
@@ -202,19 +203,26 @@ mm_tensor *mm_narrow(mm_tensor *t, int dim, int64_t start, int64_t len) {
     return NULL;
   }
   int64_t size = t->shape[dim];
-  if (start < 0 || len < 0 || start + len > size) {
-    mm_set_error("narrow: range [%lld, %lld] is out of bounds for dimension %d of size %lld "
-                 "(expected start 1..%lld and length 0..%lld)",
-                 (long long)start + 1, (long long)(start + len), dim + 1, (long long)size,
-                 (long long)size, (long long)(size - (start < 0 ? 0 : start)));
+  /* len > size - start, not start + len > size: the sum overflows for
+   * lengths near 2^63 and would let a view run past its storage. */
+  if (start < 0 || len < 0 || start > size || len > size - start) {
+    mm_set_error("narrow: start %lld and length %lld are out of bounds for dimension %d of "
+                 "size %lld (expected start 1..%lld and length 0..%lld)",
+                 (long long)(start < INT64_MAX ? start + 1 : start), (long long)len, dim + 1,
+                 (long long)size, (long long)size + 1,
+                 (long long)(start < 0 || start > size ? size : size - start));
     return NULL;
   }
-  int64_t shape[MM_MAX_DIMS];
+  int64_t shape[MM_MAX_DIMS], offset = t->offset;
   memcpy(shape, t->shape, sizeof shape);
   shape[dim] = len;
   int64_t iargs[3] = {dim, start, len};
-  return make_view(t, t->ndim, shape, t->stride, t->offset + start * t->stride[dim],
-                   "NarrowBackward", narrow_backward, iargs, 3);
+  /* start <= size, so this overflows only for an empty t with huge strides;
+   * -1 then makes mm_tensor_view_checked reject anything non-empty. */
+  int64_t step;
+  if (!mm_mul_ok(start, t->stride[dim], &step) || !mm_add_ok(offset, step, &offset)) offset = -1;
+  return make_view(t, t->ndim, shape, t->stride, offset,
+                   "narrow", "NarrowBackward", narrow_backward, iargs, 3);
 }
 
 mm_tensor *mm_select(mm_tensor *t, int dim, int64_t index) {
@@ -236,8 +244,11 @@ mm_tensor *mm_select(mm_tensor *t, int dim, int64_t index) {
   for (int i = 0; i < t->ndim; i++)
     if (i != dim) { shape[k] = t->shape[i]; stride[k] = t->stride[i]; k++; }
   int64_t iargs[3] = {dim, index, -1};
-  return make_view(t, k, shape, stride, t->offset + index * t->stride[dim], "SelectBackward",
-                   narrow_backward, iargs, 3);
+  /* Only an empty t (another size 0, any strides) can overflow here. */
+  int64_t step, offset = t->offset;
+  if (!mm_mul_ok(index, t->stride[dim], &step) || !mm_add_ok(offset, step, &offset)) offset = 0;
+  return make_view(t, k, shape, stride, offset, "select", "SelectBackward", narrow_backward,
+                   iargs, 3);
 }
 
 mm_tensor *mm_expand(mm_tensor *t, int ndim, const int64_t *sizes) {
@@ -266,7 +277,8 @@ mm_tensor *mm_expand(mm_tensor *t, int ndim, const int64_t *sizes) {
       goto bad;
     }
   }
-  return make_view(t, ndim, shape, stride, t->offset, "ExpandBackward", expand_backward, NULL, 0);
+  return make_view(t, ndim, shape, stride, t->offset, "expand", "ExpandBackward",
+                   expand_backward, NULL, 0);
 bad:
   mm_set_error("expand: cannot expand shape %s to %s (only size-1 dimensions stretch)",
                mm_shape_str(t->ndim, t->shape, b1, sizeof b1),
@@ -283,7 +295,8 @@ mm_tensor *mm_squeeze(mm_tensor *t, int dim) {
     bool drop = t->shape[i] == 1 && (dim == MM_ALL_DIMS || dim == i);
     if (!drop) { shape[k] = t->shape[i]; stride[k] = t->stride[i]; k++; }
   }
-  return make_view(t, k, shape, stride, t->offset, "SqueezeBackward", reshape_backward, NULL, 0);
+  return make_view(t, k, shape, stride, t->offset, "squeeze", "SqueezeBackward",
+                   reshape_backward, NULL, 0);
 }
 
 mm_tensor *mm_unsqueeze(mm_tensor *t, int dim) {
@@ -296,13 +309,15 @@ mm_tensor *mm_unsqueeze(mm_tensor *t, int dim) {
   for (int i = 0, k = 0; i <= t->ndim; i++) {
     if (i == dim) {
       shape[i] = 1;
-      stride[i] = k < t->ndim ? t->stride[k] * t->shape[k] : 1;
+      /* any stride suits a size-1 dim; this one keeps contiguity, and 1
+       * where the product overflows (only in an empty tensor) */
+      if (k >= t->ndim || !mm_mul_ok(t->stride[k], t->shape[k], &stride[i])) stride[i] = 1;
     } else {
       shape[i] = t->shape[k];
       stride[i] = t->stride[k];
       k++;
     }
   }
-  return make_view(t, t->ndim + 1, shape, stride, t->offset, "UnsqueezeBackward",
+  return make_view(t, t->ndim + 1, shape, stride, t->offset, "unsqueeze", "UnsqueezeBackward",
                    reshape_backward, NULL, 0);
 }

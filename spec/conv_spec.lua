@@ -323,3 +323,24 @@ describe("conv and pooling errors", function()
     assert.truthy(e:find("int64", 1, true), e)
   end)
 end)
+
+-- Security issue item 5: paddings are user integers; the padded size, the
+-- output plane and the im2col columns must be computed without overflow.
+describe("conv2d and pooling with huge paddings", function()
+  local x, w = mm.ones(1, 1, 1, 1), mm.ones(1, 1, 1, 1)
+
+  it("refuses a padding whose padded size overflows", function()
+    local ok, err = pcall(mm.conv2d, x, w, nil, 1, math.maxinteger)
+    assert.is_false(ok)
+    assert.matches("conv2d: padding %(" .. math.maxinteger .. ", " .. math.maxinteger .. "%) is too large", err)
+  end)
+
+  it("refuses a padding whose output does not fit", function()
+    local ok, err = pcall(mm.conv2d, x, w, nil, 1, {2^61|0, 2^61|0})
+    assert.is_false(ok)
+    assert.matches("conv2d: output shape %(1, 1, 4611686018427387905, 4611686018427387905%) is too large", err)
+    ok, err = pcall(mm.conv2d, x, w, nil, 1, math.maxinteger // 2)
+    assert.is_false(ok)
+    assert.matches("is too large", err)
+  end)
+end)

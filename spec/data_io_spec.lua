@@ -946,3 +946,25 @@ describe("data.nest", function()
     H.fails_with({"both a tensor and a prefix"}, data.nest, {a = mm.zeros(1), ["a.b"] = mm.zeros(1)})
   end)
 end)
+
+-- Security issue item 15: a batch size near math.maxinteger is one batch.
+describe("DataLoader with a huge batch_size", function()
+  it("yields one batch holding everything", function()
+    local ds = data.TensorDataset(mm.arange(1, 11):reshape(10, 1), mm.arange(1, 11))
+    for _, shuffle in ipairs({false, true}) do
+      for _, bs in ipairs({math.maxinteger, math.maxinteger - 3, 10, 11}) do
+        local loader = data.DataLoader(ds, {batch_size = bs, shuffle = shuffle, seed = 1})
+        assert.are.equal(1, #loader)
+        local n = 0
+        for x, y in loader:iter() do
+          n = n + 1
+          assert.are.same({10, 1}, x:shape())
+          assert.are.equal(55, y:sum():item())
+        end
+        assert.are.equal(1, n)
+      end
+      local drop = data.DataLoader(ds, {batch_size = math.maxinteger, drop_last = true})
+      assert.are.equal(0, #drop)
+    end
+  end)
+end)

@@ -154,3 +154,57 @@ describe("memory", function()
     assert.truthy(tostring(err):find("memory limit exceeded", 1, true))
   end)
 end)
+
+-- Security issue item 9: the free-block cache is bounded, and a memory
+-- limit counts cached bytes too.
+describe("the bounded block cache", function()
+  -- float32 tensors of distinct sizes: each its own size class, so none is
+  -- reused and, unbounded, every one would stay cached.  mm.empty does not
+  -- touch the pages, so this costs address space, not memory.
+  local MiB = 1024 * 1024
+
+  it("holds at most max(256 MiB, 2 x the recent live peak)", function()
+    -- In a fresh process, where the live peak is one 56 MiB tensor: one
+    -- tensor of each size class from 8 to 56 MiB (4 classes an octave),
+    -- 308 MiB in all.
+    local script = [[
+      local mm = require "microml"
+      local MiB = 1024 * 1024
+      for _, m in ipairs({8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56}) do
+        local t = mm.empty(m * MiB // 4); t:free()
+      end
+      local st = mm.memory_stats()
+      io.write(st.bytes_cached, " ", st.bytes_peak)
+    ]]
+    local out, err, code = H.sh("timeout 60 lua5.4 -e " .. H.quote(script))
+    assert.are.equal(0, code, err)
+    local cached, peak = out:match("^(%d+) (%d+)$")
+    cached, peak = tonumber(cached), tonumber(peak)
+    assert.is_true(peak < 64 * MiB, out)
+    assert.is_true(cached <= 256 * MiB, ("cached %d bytes, expected at most 256 MiB"):format(cached))
+    assert.is_true(cached > 128 * MiB, out)   -- it still caches, up to the cap
+  end)
+
+  it("counts cached bytes against the memory limit and frees them before refusing", function()
+    H.full_gc()
+    mm.empty_cache()
+    local prev = mm.memory_stats().bytes_limit
+    local limit = live() + 64 * MiB
+    mm.set_memory_limit(limit)
+    for i = 0, 19 do
+      local t = mm.empty((8 + i) * MiB // 4)   -- each fits under the limit alone
+      t:free()
+      local st = mm.memory_stats()
+      assert.is_true(st.bytes_live + st.bytes_cached <= limit,
+        ("live %d + cached %d > limit %d"):format(st.bytes_live, st.bytes_cached, limit))
+    end
+    -- lowering the limit below live + cached frees cached blocks
+    local a = mm.empty(30 * MiB // 4); a:free()
+    local st = mm.memory_stats()
+    mm.set_memory_limit(st.bytes_live + MiB)
+    st = mm.memory_stats()
+    assert.is_true(st.bytes_live + st.bytes_cached <= st.bytes_limit)
+    mm.set_memory_limit(prev)
+    mm.empty_cache()
+  end)
+end)

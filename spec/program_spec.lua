@@ -519,3 +519,60 @@ describe("the microml program's Lua allocator", function()
     assert.truthy(out:find("EXIT=0", 1, true), out)
   end)
 end)
+
+-- Security issue items 16 and 19: the environment read at start-up.  A value
+-- that does not parse stops the program (and `require "microml"`) with a
+-- message naming the variable, instead of meaning something else.
+describe("environment variables at start-up", function()
+  local function limit_with(v)
+    return H.sh(("MICROML_MAX_BYTES=%s timeout 20 %s -e %s"):format(H.quote(v), H.quote(MICROML),
+      H.quote('print(require("microml").memory_stats().bytes_limit)')))
+  end
+
+  it("MICROML_MAX_BYTES takes integers, exponents and K/M/G/T suffixes", function()
+    local cases = {["1000000"] = 1000000, ["1e9"] = 1000000000, ["1.5e3"] = 1500,
+                   ["512M"] = 512 * 2^20, ["2GiB"] = 2 * 2^30, ["3KB"] = 3000, ["1K"] = 1024,
+                   ["0"] = 0}
+    for v, want in pairs(cases) do
+      local out, err, code = limit_with(v)
+      assert.are.equal(0, code, v .. ": " .. err)
+      assert.are.equal(tostring(want | 0), out:match("%d+"), v)
+    end
+  end)
+
+  it("MICROML_MAX_BYTES rejects anything else, naming the value", function()
+    for _, v in ipairs({"abc", "-5", "1e9x", "12 ", "1.5", "0x10", "1e30", "5 GB"}) do
+      local out, err, code = limit_with(v)
+      assert.are_not.equal(0, code, v)
+      assert.are.equal("", out, v)
+      assert.truthy(err:find("MICROML_MAX_BYTES=" .. v .. ": expected a number of bytes", 1, true), err)
+    end
+  end)
+
+  it("a bad value fails require in the stock interpreter too", function()
+    local out, err, code = H.sh("MICROML_MAX_BYTES=abc timeout 20 lua5.4 -e " ..
+      H.quote('local ok, e = pcall(require, "microml"); print(ok, e)'))
+    assert.are.equal(0, code, err)
+    assert.matches("^false\tmicroml: MICROML_MAX_BYTES=abc: expected", out)
+  end)
+
+  it("MICROML_NUM_THREADS takes positive integers and rejects the rest", function()
+    local script = H.quote('print(require("microml").get_num_threads())')
+    local out, err, code = H.sh("MICROML_NUM_THREADS=3 timeout 20 " .. H.quote(MICROML) .. " -e " .. script)
+    assert.are.equal(0, code, err)
+    assert.are.equal("3\n", out)
+    for _, v in ipairs({"abc", "0", "-2", "2.5", "4x"}) do
+      out, err, code = H.sh("MICROML_NUM_THREADS=" .. H.quote(v) .. " timeout 20 " .. H.quote(MICROML) ..
+        " -e " .. script)
+      assert.are_not.equal(0, code, v)
+      assert.truthy(err:find("MICROML_NUM_THREADS=" .. v .. ": expected a positive whole number", 1, true), err)
+    end
+  end)
+
+  it("the default thread count follows the CPU affinity mask", function()
+    local out, err, code = H.sh("env -u MICROML_NUM_THREADS taskset -c 0 timeout 20 " .. H.quote(MICROML) ..
+      " -e " .. H.quote('print(require("microml").get_num_threads())'))
+    assert.are.equal(0, code, err)
+    assert.are.equal("1\n", out)
+  end)
+end)

@@ -176,3 +176,33 @@ describe("printing", function()
     assert.truthy(tostring(mm.zeros(0, 3)):find("[]", 1, true))
   end)
 end)
+
+-- Security issue item 6: printing looks only at the elements it prints.
+describe("printing huge broadcast views", function()
+  it("formats a 2^40-element view at once, from its printed edges", function()
+    local t0 = os.clock()
+    local s = tostring(mm.ones(1):expand(2^40|0))
+    assert.are.equal("tensor([1., 1., 1., ..., 1., 1., 1.], dtype=float32, shape=[1099511627776])", s)
+    assert.is_true(os.clock() - t0 < 1)
+    s = tostring(mm.tensor({{0.5, 2}}):expand(2^30|0, 2))
+    assert.matches("0.5000", s)
+  end)
+
+  it("chooses the format from the printed elements only", function()
+    -- 1e9 sits in the elided middle: the shown values print as integers
+    local t = mm.ones(2000)
+    t:_set(1000, 1e9)
+    assert.matches("^tensor%(%[1%., 1%., 1%., %.%.%., 1%., 1%., 1%.%]", tostring(t))
+  end)
+end)
+
+-- Security issue item 5: randint over the whole int64 range.
+describe("randint at the edges of int64", function()
+  it("draws from [mininteger, maxinteger) without overflow", function()
+    local t = mm.randint(math.mininteger, math.maxinteger, 1000)
+    assert.are.equal(1000, t:numel())
+    local neg, pos = 0, 0
+    for i = 1, 1000 do if t:_get(i) < 0 then neg = neg + 1 else pos = pos + 1 end end
+    assert.is_true(neg > 300 and pos > 300)
+  end)
+end)

@@ -135,3 +135,69 @@ describe("views: gradients (float64 finite differences)", function()
     end
   end)
 end)
+
+-- Security issue items 3 and 5: view geometry from plain Lua integers.  Every
+-- bound is checked without overflow, and a view can neither reach outside
+-- its storage nor have more elements than an int64 counts.
+describe("views with huge or hostile geometry", function()
+  local maxi = math.maxinteger
+
+  it("narrow rejects lengths and starts whose sum overflows", function()
+    local t = mm.ones(5)
+    local ok, err = pcall(t.narrow, t, 1, 2, maxi)
+    assert.is_false(ok)
+    assert.matches("narrow: start 2 and length " .. maxi .. " are out of bounds for dimension 1 of size 5", err)
+    ok, err = pcall(t.narrow, t, 1, maxi, 2)
+    assert.is_false(ok)
+    assert.matches("narrow: start " .. maxi .. " and length 2 are out of bounds", err)
+    ok = pcall(t.narrow, t, 1, 6, maxi)
+    assert.is_false(ok)
+    -- the valid edges still work: an empty view at the end, the full range
+    assert.are.same({0}, t:narrow(1, 6, 0):shape())
+    assert.are.same({5}, t:narrow(1, 1, 5):shape())
+  end)
+
+  it("narrow and select on empty tensors with huge strides stay empty and safe", function()
+    local z = mm.zeros(0, 2^40|0, 2^40|0)
+    assert.are.same({0, 1, 2^40|0}, z:narrow(2, 2^40|0, 1):shape())
+    assert.are.same({0, 2^40|0}, z:select(2, 2^40|0):shape())
+    assert.are.same({2^40|0, 2^40|0, 0}, z:permute(2, 3, 1):contiguous():shape())
+  end)
+
+  it("expand refuses element counts that do not fit int64", function()
+    local ok, err = pcall(function() return mm.ones(1, 1, 1):expand(2^31|0, 2^31|0, 3) end)
+    assert.is_false(ok)
+    assert.matches("expand: shape %(2147483648, 2147483648, 3%) has more elements than fit", err)
+    ok, err = pcall(function() return mm.ones(1, 1):expand(2^32|0, 2^32|0) end)
+    assert.is_false(ok)
+    assert.matches("expand:", err)
+    -- a huge count that fits is a valid broadcast view
+    local e = mm.ones(1):expand(2^62|0)
+    assert.are.equal(2^62|0, e:numel())
+    assert.are.equal(1, e:_get(2^62|0))
+  end)
+
+  it("materialising a huge broadcast view is an allocation error, not a wrapped size", function()
+    local e = mm.ones(1):expand(maxi)
+    local ok, err = pcall(e.contiguous, e)
+    assert.is_false(ok)
+    assert.matches("too many elements to allocate", err)
+    ok, err = pcall(e.index_select, e, 1, mm.tensor({1}, "int64"))
+    assert.is_false(ok)
+    assert.matches("too many elements to allocate", err)
+  end)
+
+  it("flatten of an empty tensor whose merged dims overflow is an error", function()
+    local z = mm.zeros(0, 1, 1):expand(0, 2^40|0, 2^40|0)
+    local ok, err = pcall(z.flatten, z, 2, 3)
+    assert.is_false(ok)
+    assert.matches("flatten: dimensions 2..3", err)
+    assert.are.same({0}, z:flatten():shape())
+  end)
+
+  it("transposing an empty tensor with a huge size and copying it is fine", function()
+    local t = mm.zeros(0, maxi):t()
+    assert.are.same({maxi, 0}, t:shape())
+    assert.are.equal(0, t:contiguous():numel())
+  end)
+end)

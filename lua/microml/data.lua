@@ -195,7 +195,8 @@ end
 function DataLoader:__len()
   local n, bs = self.sampler and self.sampler:numel() or dataset_len(self.dataset), self.batch_size
   if self.drop_last then return n // bs end
-  return (n + bs - 1) // bs
+  -- not (n + bs - 1) // bs: that wraps for bs near math.maxinteger
+  return n // bs + (n % bs > 0 and 1 or 0)
 end
 DataLoader.len = DataLoader.__len
 
@@ -243,6 +244,8 @@ function DataLoader:iter()
   local background = fast and order and self.prefetch and #ds.tensors <= 8
   local pending
   local function start_next(nb_start)
+    -- nb_start = start + bs only when batch b + 1 exists, so it is <= n and
+    -- did not wrap
     if nb_start <= n then
       pending = mm._index_select_start(ds.tensors, order:narrow(1, nb_start, math.min(bs, n - nb_start + 1)))
     end
