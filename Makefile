@@ -8,6 +8,7 @@
 #                   none between headers; bindings include only microml.h
 #   make train      the main job: examples/train.lua
 #   make bench      benchmarks side by side with OpenBLAS / PyTorch
+#   make interop    PyTorch <-> MicroML weights through safetensors (torch names)
 #   make install PREFIX=/usr/local   (DESTDIR, LUA_LIBDIR, LUA_SHAREDIR too); make uninstall
 #   make install-check  C API test built against a DESTDIR install via pkg-config
 #   make rock-check     luarocks-5.4 make/test/lint from a fresh clone, private tree
@@ -90,7 +91,7 @@ LIB      := $(BUILD)/libmicroml.a
 MODULE   := $(BUILD)/lua/microml/core.so
 PROGRAM  := $(BUILD)/microml
 
-.PHONY: all deps deps-core deps-checks fuzz-run test ctest spec check-layers train bench install uninstall install-check rock-check clean sanitize tsan tsan-run fuzz
+.PHONY: all deps deps-core deps-bench deps-checks interop fuzz-run test ctest spec check-layers train bench install uninstall install-check rock-check clean sanitize tsan tsan-run fuzz
 all: $(LIB) $(MODULE) $(PROGRAM)
 
 deps:
@@ -100,6 +101,11 @@ deps:
 
 deps-core:
 	@m="$(call missing,$(DEPS_CORE))"; if [ -n "$$m" ]; then \
+	  echo "installing: $$m"; $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$m; fi
+
+deps-bench:
+	@m="$(call missing,$(DEPS_BENCH))"; if [ -n "$$m" ]; then \
 	  echo "installing: $$m"; $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$m; fi
 
@@ -239,6 +245,13 @@ fuzz-run: all $(FUZZ_BINS) | $(FUZZ_DIR)/crashes
 train: deps-core
 	@$(MAKE) --no-print-directory all
 	$(PROGRAM) examples/train.lua $(ARGS)
+
+# PyTorch <-> MicroML through safetensors with torch's names, an MLP and a
+# CNN, outputs within 1e-6 both ways (bench/torch_interop.py).  A few
+# seconds; prints "torch_interop: N passed, N failed".
+interop: deps-bench
+	@$(MAKE) --no-print-directory all
+	/usr/bin/python3 bench/torch_interop.py $(PROGRAM)
 
 bench: deps all
 	@$(MAKE) --no-print-directory -f bench/bench.mk BUILD=$(BUILD) run
