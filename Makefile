@@ -8,13 +8,16 @@
 #                   none between headers; bindings include only microml.h
 #   make train      the main job: examples/train.lua
 #   make bench      benchmarks side by side with OpenBLAS / PyTorch
-#   make install PREFIX=/usr/local
+#   make interop    PyTorch <-> MicroML weights through safetensors (torch names)
+#   make install PREFIX=/usr/local   (DESTDIR, LUA_LIBDIR, LUA_SHAREDIR too); make uninstall
+#   make install-check  C API test built against a DESTDIR install via pkg-config
+#   make rock-check     luarocks-5.4 make/test/lint from a fresh clone, private tree
 #   make clean
 
 # ---- dependencies: the one list -------------------------------------------
 # Needed to build, test and train.
 DEPS_CORE  := gcc make lua5.4 liblua5.4-dev lua-busted libsimde-dev graphviz \
-              zlib1g-dev libedit-dev dataset-fashion-mnist
+              zlib1g-dev libedit-dev dataset-fashion-mnist pkg-config luarocks git
 # Peers for the benchmarks only.
 DEPS_BENCH := libopenblas-dev python3-torch
 # For `make fuzz` (libFuzzer ships in clang's runtime package).
@@ -29,7 +32,12 @@ CC      ?= cc
 OPT     ?= -O2
 # No -ffast-math, ever: it breaks NaN/inf handling and softmax/GELU numerics.
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -pthread -Iruntime
+# `override`: a CFLAGS given on the command line (luarocks passes its own)
+# replaces the optimisation flags above but never these, without which the
+# build is wrong (C11, the runtime's headers).  CPPFLAGS: extra -I for
+# dependencies outside the default paths (the rockspec passes LuaRocks'
+# external_dependencies directories).
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -pthread -Iruntime $(CPPFLAGS)
 LUA_INC := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LUA_LIB := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
 LDLIBS  += -lz -lm -pthread
@@ -37,14 +45,14 @@ LDLIBS  += -lz -lm -pthread
 # SANITIZE=1 builds everything with ASan+UBSan into build-san/ (issue 7).
 ifeq ($(SANITIZE),1)
 BUILD   ?= build-san
-CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-LDFLAGS += -fsanitize=address,undefined
+override CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+override LDFLAGS += -fsanitize=address,undefined
 endif
 # TSAN=1 builds everything with ThreadSanitizer into build-tsan/ (`make tsan`).
 ifeq ($(TSAN),1)
 BUILD   ?= build-tsan
-CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
-LDFLAGS += -fsanitize=thread
+override CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
+override LDFLAGS += -fsanitize=thread
 endif
 BUILD   ?= build
 
@@ -60,11 +68,30 @@ BIND_OBJ := $(BIND_SRC:bindings/%.c=$(BUILD)/bindings/%.o)
 LUA_SRC  := $(wildcard lua/microml/*.lua)
 CTESTS   := $(patsubst spec/c/%.c,$(BUILD)/ctest/%,$(wildcard spec/c/test_*.c))
 
+# The public headers: microml.h (the umbrella), tensor.h and the op-family
+# headers it includes, under include/microml/ so that generic names such as
+# io.h cannot collide with other software.  A C program uses
+# #include <microml/microml.h>; the headers the runtime keeps to itself
+# (internal.h, autograd.h, iter.h, kernels) are not installed.  pointwise.def
+# is installed: tensor.h includes the op table to declare enum mm_unary_op.
+PUBLIC_H := runtime/microml.h runtime/tensor.h runtime/reduce.h runtime/nnops.h \
+            runtime/linalg.h runtime/conv.h runtime/shape.h runtime/index.h runtime/io.h \
+            runtime/optim.h runtime/viz.h runtime/pointwise.def
+# The same headers staged as they are installed, for spec/c/test_capi.c
+# (#include <microml/microml.h>): a public header that includes one missing
+# from PUBLIC_H fails the C tests, not only a user's build.
+STAGED_H := $(PUBLIC_H:runtime/%=$(BUILD)/include/microml/%)
+$(BUILD)/include/microml/%: runtime/% | $(BUILD)/include/microml
+	cp $< $@
+.SECONDARY: $(STAGED_H)
+$(BUILD)/include/microml:
+	mkdir -p $@
+
 LIB      := $(BUILD)/libmicroml.a
 MODULE   := $(BUILD)/lua/microml/core.so
 PROGRAM  := $(BUILD)/microml
 
-.PHONY: all deps deps-core deps-checks fuzz-run test ctest spec check-layers train bench install clean sanitize tsan tsan-run fuzz
+.PHONY: all deps deps-core deps-bench deps-checks interop fuzz-run test ctest spec check-layers train bench install uninstall install-check rock-check clean sanitize tsan tsan-run fuzz
 all: $(LIB) $(MODULE) $(PROGRAM)
 
 deps:
@@ -74,6 +101,11 @@ deps:
 
 deps-core:
 	@m="$(call missing,$(DEPS_CORE))"; if [ -n "$$m" ]; then \
+	  echo "installing: $$m"; $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$m; fi
+
+deps-bench:
+	@m="$(call missing,$(DEPS_BENCH))"; if [ -n "$$m" ]; then \
 	  echo "installing: $$m"; $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$m; fi
 
@@ -115,8 +147,8 @@ $(PROGRAM): bindings/main.c bindings/*.h runtime/*.h runtime/*.def $(BUILD)/embe
 	  $(BIND_OBJ) $(LIB) $(LUA_LIB) -ledit $(LDLIBS) -ldl
 
 # ---- tests ------------------------------------------------------------------
-$(BUILD)/ctest/%: spec/c/%.c spec/c/check.h $(LIB) | $(BUILD)/ctest
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+$(BUILD)/ctest/%: spec/c/%.c spec/c/check.h $(LIB) $(STAGED_H) | $(BUILD)/ctest
+	$(CC) $(CFLAGS) -I$(BUILD)/include $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # Environment that lets the stock lua5.4 find the module in the build tree.
 LUAENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
@@ -214,34 +246,104 @@ train: deps-core
 	@$(MAKE) --no-print-directory all
 	$(PROGRAM) examples/train.lua $(ARGS)
 
+# PyTorch <-> MicroML through safetensors with torch's names, an MLP and a
+# CNN, outputs within 1e-6 both ways (bench/torch_interop.py).  A few
+# seconds; prints "torch_interop: N passed, N failed".
+interop: deps-bench
+	@$(MAKE) --no-print-directory all
+	/usr/bin/python3 bench/torch_interop.py $(PROGRAM)
+
 bench: deps all
 	@$(MAKE) --no-print-directory -f bench/bench.mk BUILD=$(BUILD) run
 
 # ---- install ----------------------------------------------------------------
-PREFIX ?= /usr/local
-# The public headers: microml.h (the umbrella), tensor.h and the op-family
-# headers it includes, under include/microml/ so that generic names such as
-# io.h cannot collide with other software.  A C program uses
-# #include <microml/microml.h>; the headers the runtime keeps to itself
-# (internal.h, autograd.h, iter.h, kernels) are not installed.  pointwise.def
-# is installed: tensor.h includes the op table to declare enum mm_unary_op.
-PUBLIC_H := runtime/microml.h runtime/tensor.h runtime/reduce.h runtime/nnops.h \
-            runtime/linalg.h runtime/conv.h runtime/shape.h runtime/index.h runtime/io.h \
-            runtime/optim.h runtime/viz.h runtime/pointwise.def
-LUAVER := 5.4
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/lua/$(LUAVER)/microml \
-	  $(DESTDIR)$(PREFIX)/share/lua/$(LUAVER)/microml $(DESTDIR)$(PREFIX)/include/microml \
-	  $(DESTDIR)$(PREFIX)/lib/pkgconfig
-	install -m 755 $(PROGRAM) $(DESTDIR)$(PREFIX)/bin/microml
-	install -m 755 $(MODULE) $(DESTDIR)$(PREFIX)/lib/lua/$(LUAVER)/microml/core.so
-	install -m 644 $(LUA_SRC) $(DESTDIR)$(PREFIX)/share/lua/$(LUAVER)/microml/
-	install -m 644 $(PUBLIC_H) $(DESTDIR)$(PREFIX)/include/microml/
-	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libmicroml.a
-	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' '' \
+# The one version number: MM_VERSION in runtime/tensor.h.  mm.version, the
+# program's -v line, microml.pc and CHANGELOG.md follow it; the rockspec is
+# scm-1 (built from the repository), a release rockspec would be VERSION-1.
+VERSION := $(shell sed -n 's/^\#define MM_VERSION "\(.*\)"/\1/p' runtime/tensor.h)
+
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+LUAVER     := 5.4
+# Where the stock lua5.4 looks for modules.  Debian's lua5.4.pc knows its
+# own tree: for PREFIX=/usr, C modules go in the multiarch directory
+# (INSTALL_CMOD), which is not on package.cpath under any other prefix;
+# there /usr/local/lib/lua/5.4 is (and share/lua/5.4 alike).  Both are
+# overridable, e.g. LUA_LIBDIR=$$HOME/.luarocks/lib/lua/5.4.
+lua_pc_var = $(shell pkg-config --define-variable=prefix=$(PREFIX) --variable=$(1) lua5.4 2>/dev/null)
+ifeq ($(PREFIX),/usr)
+LUA_LIBDIR   ?= $(or $(call lua_pc_var,INSTALL_CMOD),$(PREFIX)/lib/lua/$(LUAVER))
+else
+LUA_LIBDIR   ?= $(PREFIX)/lib/lua/$(LUAVER)
+endif
+LUA_SHAREDIR ?= $(or $(call lua_pc_var,INSTALL_LMOD),$(PREFIX)/share/lua/$(LUAVER))
+
+# Only a static library is installed, so its own dependencies go in Libs
+# (not Libs.private): `pkg-config --libs microml` alone must link.
+$(BUILD)/microml.pc: runtime/tensor.h Makefile
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCLUDEDIR)' '' \
 	  'Name: microml' 'Description: MicroML tensor, autograd and kernel runtime' \
-	  'Version: 0.1.0' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lmicroml' \
-	  'Libs.private: -lz -lm -pthread' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/microml.pc
+	  'Version: $(VERSION)' 'Cflags: -I$${includedir} -pthread' \
+	  'Libs: -L$${libdir} -lmicroml -lz -lm -pthread' > $@
+
+# Every file install writes, for uninstall (directories are left if other
+# software put files in them).
+INSTALLED := $(BINDIR)/microml $(LUA_LIBDIR)/microml/core.so \
+             $(LUA_SRC:lua/microml/%=$(LUA_SHAREDIR)/microml/%) \
+             $(PUBLIC_H:runtime/%=$(INCLUDEDIR)/microml/%) \
+             $(LIBDIR)/libmicroml.a $(PKGCONFIGDIR)/microml.pc
+
+install: all $(BUILD)/microml.pc
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUA_LIBDIR)/microml $(DESTDIR)$(LUA_SHAREDIR)/microml \
+	  $(DESTDIR)$(INCLUDEDIR)/microml $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 755 $(PROGRAM) $(DESTDIR)$(BINDIR)/microml
+	install -m 755 $(MODULE) $(DESTDIR)$(LUA_LIBDIR)/microml/core.so
+	install -m 644 $(LUA_SRC) $(DESTDIR)$(LUA_SHAREDIR)/microml/
+	install -m 644 $(PUBLIC_H) $(DESTDIR)$(INCLUDEDIR)/microml/
+	install -m 644 $(LIB) $(DESTDIR)$(LIBDIR)/libmicroml.a
+	install -m 644 $(BUILD)/microml.pc $(DESTDIR)$(PKGCONFIGDIR)/microml.pc
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	-rmdir $(DESTDIR)$(LUA_LIBDIR)/microml $(DESTDIR)$(LUA_SHAREDIR)/microml \
+	  $(DESTDIR)$(INCLUDEDIR)/microml 2>/dev/null
+
+# make install into a temporary DESTDIR, then build and run the C API test
+# against it with pkg-config alone (no -Iruntime, no build/ paths), run the
+# installed program and module, and uninstall leaving no file behind.
+# Prints "install-check: N passed, N failed".
+install-check: all
+	@set -u; d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; pass=0; fail=0; \
+	ok() { echo "ok   $$1"; pass=$$((pass+1)); }; ko() { echo "FAIL $$1"; fail=$$((fail+1)); }; \
+	$(MAKE) --no-print-directory install DESTDIR="$$d" PREFIX=/opt/mm >"$$d.log" 2>&1 \
+	  && ok "make install DESTDIR PREFIX=/opt/mm" || { cat "$$d.log"; ko "make install"; }; \
+	$(MAKE) --no-print-directory -s -n install PREFIX=/usr \
+	  | grep -qF "$$(pkg-config --variable=INSTALL_CMOD lua5.4)/microml/core.so" \
+	  && ok "PREFIX=/usr puts core.so in INSTALL_CMOD" || ko "PREFIX=/usr module path"; \
+	export PKG_CONFIG_PATH="$$d/opt/mm/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$$d"; \
+	[ "$$(pkg-config --modversion microml)" = "$(VERSION)" ] && ok "pkg-config --modversion = $(VERSION)" \
+	  || ko "pkg-config --modversion microml"; \
+	$(CC) -std=c11 -o "$$d/test_capi" spec/c/test_capi.c $$(pkg-config --cflags --libs microml) \
+	  && ok "test_capi.c builds with pkg-config --cflags --libs microml" || ko "test_capi.c build"; \
+	[ -x "$$d/test_capi" ] && "$$d/test_capi" | tail -n 1 | grep -q ', 0 failed$$' \
+	  && ok "test_capi runs against the installed library" || ko "test_capi run"; \
+	"$$d/opt/mm/bin/microml" -v | grep -qF "MicroML $(VERSION) " && ok "installed microml -v" || ko "microml -v"; \
+	LUA_PATH="$$d/opt/mm/share/lua/$(LUAVER)/?.lua;$$d/opt/mm/share/lua/$(LUAVER)/?/init.lua" \
+	  LUA_CPATH="$$d/opt/mm/lib/lua/$(LUAVER)/?.so" lua5.4 -e \
+	  'local mm = require "microml"; assert(mm.version == "$(VERSION)"); assert(mm.nn.Linear(2, 3)(mm.ones(4, 2)):shape()[2] == 3)' \
+	  && ok "lua5.4 requires the installed module" || ko "lua5.4 require microml"; \
+	$(MAKE) --no-print-directory uninstall DESTDIR="$$d" PREFIX=/opt/mm >/dev/null 2>&1; \
+	left=$$(find "$$d/opt" -type f 2>/dev/null); [ -z "$$left" ] && ok "make uninstall removes every file" \
+	  || ko "uninstall left: $$left"; rm -f "$$d.log"; \
+	echo "install-check: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
+
+# The LuaRocks package (microml-scm-1.rockspec) from a fresh clone of HEAD
+# into a temporary tree: lint, make, test, use, remove (tools/rock_check.sh).
+rock-check:
+	@tools/rock_check.sh
 
 clean:
 	rm -rf build build-san build-tsan

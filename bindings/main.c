@@ -35,10 +35,6 @@
 #include "microml.h"
 #include "module.h"
 
-#ifndef MM_VERSION
-#define MM_VERSION "0.1.0"
-#endif
-
 #define PROGNAME      "microml"
 #define VERSION_LINE  "MicroML " MM_VERSION " (" LUA_RELEASE ")"
 #define PROMPT        "> "
@@ -75,11 +71,11 @@ static void print_usage(const char *badoption) {
         "  -i        enter interactive mode after executing 'script'\n"
         "  -l mod    require library 'mod' into global 'mod'\n"
         "  -l g=mod  require library 'mod' into global 'g'\n"
-        "  -v        show version information\n"
+        "  -v        show version information (also --version)\n"
         "  -E        ignore environment variables (LUA_PATH, LUA_CPATH)\n"
         "  -W        turn warnings on\n"
         "  -b        accept precompiled (binary) chunks: script, stdin, -e, REPL\n"
-        "  -h        show this help\n"
+        "  -h        show this help (also --help)\n"
         "  --        stop handling options\n"
         "  -         stop handling options and execute stdin\n"
         "With no script, " PROGNAME " starts a REPL when stdin is a terminal\n"
@@ -243,6 +239,9 @@ static int collect_args(int argc, char **argv, int *first) {
       case '\0':                    /* "-": script is stdin */
         return flags;
       case '-':                     /* "--": end of options */
+        /* The two long options packagers and scripts expect. */
+        if (strcmp(a, "--version") == 0) { flags |= HAS_V; break; }
+        if (strcmp(a, "--help") == 0) { flags |= HAS_HELP; break; }
         if (a[2] != '\0') return BAD_ARGS;
         *first = i + 1;
         return flags;

@@ -389,20 +389,39 @@ end
 function Module:double() return self:to("float64") end
 function Module:float() return self:to("float32") end
 
+-- PyTorch's spelling of the same names (state_dict{torch_names = true}).
+-- Containers whose children are numbered (Sequential: "1", "2", ...; a
+-- class sets _numbered_children) count from 1 here, as Lua does, and from
+-- 0 in torch ("0", "1", ...).  The parameter and buffer names of the layers
+-- both have (Linear, Conv2d, LayerNorm, Embedding: weight, bias) are
+-- torch's already; a layer whose names differed would map them in its class
+-- field _torch_names = {ours = "theirs"}.
+local function torch_child_name(m, name)
+  if m._numbered_children and name:match("^%d+$") then return tostring(tonumber(name) - 1) end
+  return name
+end
+
 -- name -> live tensor for every parameter and buffer, under every name it
--- has (a shared tensor appears under each path, as in torch).
-local function own_tensors(self)
+-- has (a shared tensor appears under each path, as in torch); with torch
+-- set, under PyTorch's names.
+local function own_tensors(self, torch)
   local out, order = {}, {}
   local function go(m, prefix, stack)
     if stack[m] then return end
     stack[m] = true
+    local rename = torch and m._torch_names or {}
     for _, name in ipairs(m._param_order) do
-      order[#order + 1] = prefix .. name; out[prefix .. name] = m._parameters[name]
+      local key = prefix .. (rename[name] or name)
+      order[#order + 1] = key; out[key] = m._parameters[name]
     end
     for _, name in ipairs(m._buffer_order) do
-      order[#order + 1] = prefix .. name; out[prefix .. name] = m._buffers[name]
+      local key = prefix .. (rename[name] or name)
+      order[#order + 1] = key; out[key] = m._buffers[name]
     end
-    for _, name in ipairs(m._module_order) do go(m._modules[name], prefix .. name .. ".", stack) end
+    for _, name in ipairs(m._module_order) do
+      local seg = torch and torch_child_name(m, name) or name
+      go(m._modules[name], prefix .. seg .. ".", stack)
+    end
     stack[m] = nil
   end
   go(self, "", {})
@@ -410,9 +429,16 @@ local function own_tensors(self)
 end
 
 --- A flat table of dotted name -> tensor (parameters and buffers, detached,
--- sharing storage with the model), ready for mm.save.
-function Module:state_dict()
-  local live = own_tensors(self)
+-- sharing storage with the model), ready for mm.save.  With
+-- {torch_names = true}, the names PyTorch gives the same model
+-- ("layers.0.weight" for MicroML's "layers.1.weight"), so that a file saved
+-- with mm.save loads with torch's load_state_dict as it is.
+function Module:state_dict(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("state_dict: expected an options table {torch_names = true} as argument 1, got %s")
+          :format(type(opts)), 2)
+  end
+  local live = own_tensors(self, opts and opts.torch_names)
   local sd = {}
   for name, t in pairs(live) do sd[name] = t:detach() end
   return sd
@@ -438,11 +464,33 @@ end
 -- model has but sd lacks (missing) or sd has but the model lacks
 -- (unexpected) are an error; with strict = false they are returned:
 -- missing, unexpected (sorted lists).  Nothing is copied when it fails.
-function Module:load_state_dict(sd, strict)
-  if strict == nil then strict = true end
+-- Names may be MicroML's or PyTorch's (see state_dict): the spelling that
+-- names more of sd's keys is used, MicroML's on a tie; opts.torch_names =
+-- true or false fixes it.  load_state_dict(sd, strict) or
+-- load_state_dict(sd, {strict =, torch_names =}).
+function Module:load_state_dict(sd, opts)
+  local strict, torch = true, nil
+  if type(opts) == "table" then
+    if opts.strict ~= nil then strict = opts.strict end
+    torch = opts.torch_names
+  elseif opts ~= nil then
+    strict = opts
+  end
   if type(sd) ~= "table" then error("load_state_dict: expected a table of tensors, got " .. type(sd), 2) end
   local flat = flatten_sd(sd, "", {})
-  local live, order = own_tensors(self)
+  if torch == nil then
+    -- A whole-model dict matches one spelling entirely; counting per key
+    -- (not per spelling) would be wrong: "layers.1.weight" can exist in both
+    -- and name different tensors.
+    local ours, theirs = own_tensors(self, false), own_tensors(self, true)
+    local n_ours, n_theirs = 0, 0
+    for name in pairs(flat) do
+      if ours[name] then n_ours = n_ours + 1 end
+      if theirs[name] then n_theirs = n_theirs + 1 end
+    end
+    torch = n_theirs > n_ours
+  end
+  local live, order = own_tensors(self, torch)
   local missing, unexpected, bad = {}, {}, {}
   for _, name in ipairs(order) do
     local src = flat[name]
@@ -464,7 +512,8 @@ function Module:load_state_dict(sd, strict)
     problems[#problems + 1] = "unexpected keys: " .. table.concat(unexpected, ", ")
   end
   if #problems > 0 then
-    error(("load_state_dict (%s): %s"):format(self.__name, table.concat(problems, "; ")), 2)
+    error(("load_state_dict (%s%s): %s"):format(self.__name, torch and ", PyTorch names" or "",
+                                               table.concat(problems, "; ")), 2)
   end
   mm.no_grad(function()
     for _, name in ipairs(order) do
@@ -673,6 +722,7 @@ end
 -- named "1", "2", ... applied in order; seq[i] is the i-th, #seq the count.
 local Sequential = class("Sequential")
 nn.Sequential = Sequential
+Sequential._numbered_children = true   -- "0", "1", ... in PyTorch's names
 function Sequential:init(...)
   local mods = { ... }
   if select("#", ...) == 1 and type(mods[1]) == "table" and not is_module(mods[1]) then mods = mods[1] end

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "microml.h"
+#include <microml/microml.h>  /* as installed: make install, pkg-config */
 
 #include "check.h"
 
