@@ -94,7 +94,7 @@ static mm_node *make_node(const mm_op_def *def, int nin, mm_tensor *const *in, i
   for (int k = 0; k < nsaved; k++) {
     mm_tensor *t = saved[k];
     if (!t) continue;
-    mm_tensor *alias = mm_tensor_view_of(t, t->ndim, t->shape, t->stride, t->offset);
+    mm_tensor *alias = mm_tensor_alias(t);
     if (!alias) {
       node->nsaved = k;
       mm_node_release(node);
@@ -301,7 +301,7 @@ int mm_inplace_commit(mm_tensor *self, mm_tensor *value, const char *op) {
 }
 
 mm_tensor *mm_detach(mm_tensor *t) {
-  return mm_tensor_view_of(t, t->ndim, t->shape, t->stride, t->offset);
+  return mm_tensor_alias(t);
 }
 
 /* acc += g, out of place unless we own acc outright. */

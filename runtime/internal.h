@@ -72,6 +72,8 @@ mm_tensor *mm_tensor_view_checked(const mm_tensor *t, int ndim, const int64_t *s
                                   const int64_t *stride, int64_t offset, const char *where);
 mm_tensor *mm_tensor_view_of(const mm_tensor *t, int ndim, const int64_t *shape,
                              const int64_t *stride, int64_t offset);
+/* A view with t's own geometry (no checks needed: t's is valid). */
+mm_tensor *mm_tensor_alias(const mm_tensor *t);
 /* mm_tensor_empty without the shape check (the caller's shape is valid). */
 mm_tensor *mm_tensor_empty_unchecked(mm_dtype dt, int ndim, const int64_t *shape);
 /* Frees the allocator's cached blocks (mm_empty_cache also frees headers). */

@@ -200,6 +200,22 @@ mm_tensor *mm_tensor_view_of(const mm_tensor *base, int ndim, const int64_t *sha
   return mm_tensor_view_checked(base, ndim, shape, stride, offset, "view");
 }
 
+/* t's own geometry is valid already, so an alias of it skips the checks:
+ * every recorded op saves its tensors this way, so this is on the path of
+ * every small op. */
+mm_tensor *mm_tensor_alias(const mm_tensor *t) {
+  mm_tensor *a = header_new();
+  if (!a) return NULL;
+  a->dtype = t->dtype;
+  a->ndim = t->ndim;
+  memcpy(a->shape, t->shape, sizeof a->shape);
+  memcpy(a->stride, t->stride, sizeof a->stride);
+  a->offset = t->offset;
+  a->storage = t->storage;
+  mm_storage_retain(a->storage);
+  return a;
+}
+
 mm_tensor *mm_tensor_view_checked(const mm_tensor *base, int ndim, const int64_t *shape,
                                   const int64_t *stride, int64_t offset, const char *where) {
   if (check_view(base, ndim, shape, stride, &offset, where) < 0) return NULL;
