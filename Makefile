@@ -215,7 +215,7 @@ FUZZ_CC      ?= clang
 FUZZ_DIR     := build/fuzz
 FUZZ_FLAGS   := -g -O1 -std=c11 -D_GNU_SOURCE -Iruntime
 FUZZ_OBJ     := $(RT_SRC:runtime/%.c=$(FUZZ_DIR)/obj/%.o)
-FUZZ_NAMES   := idx npy csv safetensors
+FUZZ_NAMES   := idx npy csv safetensors checkpoint_meta
 FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
 # Keep the instrumented objects between runs (make would delete them as
 # intermediates of the pattern rules and recompile the runtime every time).

@@ -8,6 +8,8 @@
  *   mm.save(path, tensors [, metadata])       (safetensors; nested tables ->
  *                                              dotted names "model.fc1.weight")
  *   mm.load(path)                             -> flat {dotted name = tensor}, metadata
+ *   mm._checkpoint_decode(text, tensors, path) -> table  (checkpoint metadata,
+ *                                              format 2: data only, see io.h)
  *   mm._isatty(fd or file), mm._terminal_width(fd or file), mm._time()
  *
  * A loaded checkpoint is parked in a userdata with __gc while its tensors
@@ -23,6 +25,7 @@
 #include "lua_helpers.h"
 
 #define CHECKPOINT_MT "microml.checkpoint"
+#define METAVALUE_MT "microml.checkpoint_meta"
 
 /* A path argument: a string without embedded NUL bytes. */
 static const char *check_path(lua_State *L, int idx) {
@@ -215,6 +218,54 @@ static int l_load(lua_State *L) {
   return 2;
 }
 
+/* ---- checkpoint metadata ------------------------------------------------------------ */
+
+static int metavalue_gc(lua_State *L) {
+  mm_meta_value_free(luaL_checkudata(L, 1, METAVALUE_MT));
+  return 0;
+}
+
+/* Pushes v as a Lua value; tensor references are looked up in the table
+ * at `tensors`.  Recursion is bounded by the parser's depth limit. */
+static void push_meta(lua_State *L, const mm_meta_value *v, int tensors, const char *path) {
+  luaL_checkstack(L, 4, "checkpoint metadata");
+  switch (v->type) {
+  case MM_META_BOOL: lua_pushboolean(L, v->u.b); break;
+  case MM_META_INT: lua_pushinteger(L, (lua_Integer)v->u.i); break;
+  case MM_META_FLOAT: lua_pushnumber(L, (lua_Number)v->u.f); break;
+  case MM_META_STRING: lua_pushlstring(L, v->u.str.s, v->u.str.len); break;
+  case MM_META_TENSOR:
+    lua_pushlstring(L, v->u.str.s, v->u.str.len);
+    if (lua_rawget(L, tensors) == LUA_TNIL)
+      luaL_error(L, "load_checkpoint: '%s' lacks the tensor '%s'", path, v->u.str.s);
+    break;
+  case MM_META_TABLE: {
+    size_t n = v->u.table.n;
+    lua_createtable(L, 0, (int)(n < 1 << 20 ? n : 1 << 20));
+    for (size_t i = 0; i < n; i++) {
+      push_meta(L, &v->u.table.items[2 * i], tensors, path);
+      push_meta(L, &v->u.table.items[2 * i + 1], tensors, path);
+      lua_rawset(L, -3);
+    }
+    break;
+  }
+  }
+}
+
+/* mm._checkpoint_decode(text, tensors, path) -> the checkpoint's table */
+static int l_checkpoint_decode(lua_State *L) {
+  size_t len;
+  const char *text = luaL_checklstring(L, 1, &len);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  const char *path = luaL_checkstring(L, 3);
+  mm_meta_value *v = lua_newuserdatauv(L, sizeof *v, 0);
+  memset(v, 0, sizeof *v);
+  luaL_setmetatable(L, METAVALUE_MT);   /* freed by __gc even if a push fails */
+  if (mm_checkpoint_meta_parse(text, len, v, path) < 0) return mm_lua_error(L);
+  push_meta(L, v, 2, path);
+  return 1;
+}
+
 /* ---- terminal helpers for progress.lua ------------------------------------------- */
 
 /* A file descriptor from an integer or a Lua file handle. */
@@ -253,12 +304,18 @@ static int l_time(lua_State *L) {
 static const luaL_Reg functions[] = {
   {"read_idx", l_read_idx}, {"load_npy", l_load_npy}, {"save_npy", l_save_npy},
   {"read_csv", l_read_csv}, {"save", l_save},         {"load", l_load},
+  {"_checkpoint_decode", l_checkpoint_decode},
   {"_isatty", l_isatty},    {"_terminal_width", l_terminal_width}, {"_time", l_time},
   {NULL, NULL}};
 
 void mm_lua_open_io(lua_State *L, int module, int methods) {
   if (luaL_newmetatable(L, CHECKPOINT_MT)) {
     lua_pushcfunction(L, checkpoint_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, METAVALUE_MT)) {
+    lua_pushcfunction(L, metavalue_gc);
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);

@@ -200,7 +200,10 @@ void mm_storage_cache_empty(void) {
   stats.bytes_cached = 0;
 }
 
-void mm_memory_stats_get(mm_memory_stats *out) { *out = stats; }
+void mm_memory_stats_get(mm_memory_stats *out) {
+  read_env_limit();   /* the readers check the limit before any tensor exists */
+  *out = stats;
+}
 /* An explicit limit wins over MICROML_MAX_BYTES, even when set before the
  * first allocation. */
 void mm_set_memory_limit(uint64_t bytes) {

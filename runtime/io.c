@@ -8,13 +8,18 @@
  * of bounds or reserve memory the input does not justify.  That is also
  * why gzip input is inflated into a buffer that grows with what actually
  * comes out, rather than being sized from the header's claims. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
+#include <dirent.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/random.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -24,6 +29,29 @@
 
 /* ---- whole files ------------------------------------------------------------ */
 
+/* Whether `need` more bytes fit under the memory limit (mm_set_memory_limit
+ * or MICROML_MAX_BYTES) next to the tensors already live.  Buffers that
+ * the readers hold only while parsing (file bytes, inflated gzip data) are
+ * checked against it before they are allocated, so a limit also bounds
+ * what one read may take at its peak, not only the tensors it returns. */
+int mm_io_check_memory(size_t need, const char *where, const char *name, const char *what) {
+  mm_memory_stats st;
+  mm_memory_stats_get(&st);
+  if (st.bytes_limit && (need > st.bytes_limit || st.bytes_live > st.bytes_limit - need)) {
+    mm_set_error("%s: '%s': %s needs %zu bytes, which with %llu bytes live exceeds the memory "
+                 "limit of %llu bytes", where, name, what, need,
+                 (unsigned long long)st.bytes_live, (unsigned long long)st.bytes_limit);
+    return -1;
+  }
+  return 0;
+}
+
+/* The whole file is read into memory the reader owns.  It used to be
+ * mmapped, which costs no copy but dies with SIGBUS when another process
+ * truncates the file while it is parsed; owned bytes cannot change under
+ * the parser.  The size from fstat only sizes the first buffer: the read
+ * goes on to end of file, so a file that shrank between the stat and the
+ * read is noticed (and reported) instead of trusted. */
 int mm_io_open_file(const char *path, mm_io_file *f, const char *where) {
   memset(f, 0, sizeof *f);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -42,26 +70,14 @@ int mm_io_open_file(const char *path, mm_io_file *f, const char *where) {
     close(fd);
     return -1;
   }
-  static const unsigned char empty[1];
-  if (S_ISREG(st.st_mode)) {
-    if (st.st_size == 0) {
-      f->data = empty;
-      close(fd);
-      return 0;
-    }
-    /* Mapping instead of reading keeps a large checkpoint from costing its
-     * size twice (file bytes plus tensors) while it loads. */
-    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m != MAP_FAILED) {
-      close(fd);
-      f->map = m;
-      f->data = m;
-      f->len = (size_t)st.st_size;
-      return 0;
-    }
+  size_t expect = S_ISREG(st.st_mode) && st.st_size > 0 ? (size_t)st.st_size : 0;
+  if (mm_io_check_memory(expect, where, path, "reading the file") < 0) {
+    close(fd);
+    return -1;
   }
-  /* Pipes, devices, or a filesystem that cannot map: read it all. */
-  size_t cap = 1 << 16, n = 0;
+  /* One spare byte, so a file read to its stat size needs no second
+   * buffer to find out that it ends there. */
+  size_t cap = expect ? expect + 1 : 1 << 16, n = 0;
   unsigned char *buf = malloc(cap);
   for (;;) {
     if (!buf) {
@@ -70,6 +86,11 @@ int mm_io_open_file(const char *path, mm_io_file *f, const char *where) {
       return -1;
     }
     if (n == cap) {
+      if (mm_io_check_memory(cap * 2, where, path, "reading the file") < 0) {
+        free(buf);
+        close(fd);
+        return -1;
+      }
       unsigned char *nb = cap > ((size_t)1 << 40) ? NULL : realloc(buf, cap * 2);
       if (!nb) { free(buf); buf = NULL; continue; }
       buf = nb;
@@ -87,6 +108,12 @@ int mm_io_open_file(const char *path, mm_io_file *f, const char *where) {
     n += (size_t)r;
   }
   close(fd);
+  if (n < expect) {
+    mm_set_error("%s: '%s' shrank while it was read (expected %zu bytes from its size, got %zu; "
+                 "is another process writing it?)", where, path, expect, n);
+    free(buf);
+    return -1;
+  }
   f->heap = buf;
   f->data = buf;
   f->len = n;
@@ -94,30 +121,103 @@ int mm_io_open_file(const char *path, mm_io_file *f, const char *where) {
 }
 
 void mm_io_close_file(mm_io_file *f) {
-  if (f->map) munmap(f->map, f->len);
   free(f->heap);
   memset(f, 0, sizeof *f);
 }
 
 /* ---- crash-safe writes --------------------------------------------------------- */
 
+/* Temporaries live in the destination's directory (rename(2) must not
+ * cross filesystems) under a short name of their own, never derived by
+ * appending to the destination's name, which could push a long valid
+ * name past NAME_MAX:
+ *
+ *     .<16 hex: FNV-1a of the file name>.mmtmp.<pid>.<8 hex random>
+ *
+ * The hash ties a temporary to the file it will replace, the pid lets a
+ * later save of the same file tell whether its writer is still alive, and
+ * the random part makes the name unpredictable.  The file is created with
+ * O_CREAT|O_EXCL|O_NOFOLLOW, so a symlink or file planted at that name
+ * makes the open fail (and a new name is tried) instead of being followed
+ * or truncated. */
+#define TMP_TAG ".mmtmp."
+
+static uint64_t fnv1a(const char *s) {
+  uint64_t h = 14695981039346656037ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+static uint32_t random32(void) {
+  uint32_t r;
+  if (getrandom(&r, sizeof r, GRND_NONBLOCK) == (ssize_t)sizeof r) return r;
+  /* No entropy yet (early boot): still unique per attempt, and O_EXCL,
+   * not secrecy, is what keeps the open safe. */
+  static _Atomic uint32_t counter;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint32_t)ts.tv_nsec ^ (uint32_t)getpid() << 16 ^ ++counter * 2654435761u;
+}
+
+/* Removes temporaries for `base` left in `dir` by writers that no longer
+ * exist (killed with -9, power loss before the rename).  A temporary of a
+ * live process, this one included, is kept: it may be a save in progress.
+ * A recycled pid only keeps a stale file a while longer. */
+static void remove_stale_temporaries(const char *dir, const char *prefix) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  size_t pl = strlen(prefix);
+  int dfd = dirfd(d);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, prefix, pl) != 0) continue;
+    char *end;
+    errno = 0;
+    long pid = strtol(e->d_name + pl, &end, 10);
+    if (errno || pid <= 0 || *end != '.' || pid == (long)getpid()) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+    unlinkat(dfd, e->d_name, 0);
+  }
+  closedir(d);
+}
+
 int mm_io_writer_open(mm_io_writer *w, const char *path, const char *where) {
   memset(w, 0, sizeof *w);
   w->where = where;
-  size_t n = strlen(path) + 32;
+  const char *slash = strrchr(path, '/');
+  const char *base = slash ? slash + 1 : path;
+  size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;   /* with its '/' */
+  char *dir = slash ? strndup(path, slash == path ? 1 : dirlen - 1) : strdup(".");
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, ".%016llx" TMP_TAG, (unsigned long long)fnv1a(base));
+  size_t n = dirlen + sizeof prefix + 32;
   w->tmp_path = malloc(n);
-  w->path = malloc(strlen(path) + 1);
-  if (!w->tmp_path || !w->path) {
+  w->path = strdup(path);
+  if (!w->tmp_path || !w->path || !dir) {
     free(w->tmp_path);
     free(w->path);
+    free(dir);
+    w->tmp_path = w->path = NULL;
     mm_set_error("%s: out of memory", where);
     return -1;
   }
-  strcpy(w->path, path);
-  snprintf(w->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
-  FILE *fp = fopen(w->tmp_path, "wb");
+  remove_stale_temporaries(dir, prefix);
+  free(dir);
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+    snprintf(w->tmp_path, n, "%.*s%s%ld.%08x", (int)dirlen, path, prefix, (long)getpid(),
+             (unsigned)random32());
+    fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  FILE *fp = fd >= 0 ? fdopen(fd, "wb") : NULL;
   if (!fp) {
-    mm_set_error("%s: cannot create '%s': %s", where, w->tmp_path, strerror(errno));
+    mm_set_error("%s: cannot create a temporary file '%s' for '%s': %s", where, w->tmp_path, path,
+                 strerror(errno));
+    if (fd >= 0) {
+      close(fd);
+      unlink(w->tmp_path);
+    }
     free(w->tmp_path);
     free(w->path);
     w->tmp_path = w->path = NULL;
@@ -522,7 +622,18 @@ mm_tensor *mm_idx_parse(const void *buf, size_t len, mm_dtype dt, const char *na
      * only touched as data actually comes out. */
     size_t rk = mm_io_type_size(idx_types[ti].rt), es = mm_dtype_size(dt);
     size_t numel = rk ? data_bytes / rk : 0;
-    if (rk < es && data_bytes / 1032 <= len && numel * (es - rk) >= hdr) {
+    bool in_place = rk < es && data_bytes / 1032 <= len && numel * (es - rk) >= hdr;
+    /* The memory limit is checked against the header's declared size
+     * before anything is inflated: the result tensor plus, unless the data
+     * is inflated into the tensor itself, the inflated bytes.  Otherwise a
+     * small file that inflates to gigabytes would take them all before the
+     * tensor allocation refused it.  gunzip never writes past the declared
+     * size either (more output is an error), so peak memory stays at what
+     * is checked here. */
+    if (mm_io_check_memory(numel * es + (in_place ? 0 : hdr + data_bytes), "read_idx", name,
+                           "inflating the gzip data into a tensor") < 0)
+      return NULL;
+    if (in_place) {
       mm_tensor *t = mm_tensor_empty(dt, nd, shape);
       if (!t) return NULL;
       unsigned char *tail = (unsigned char *)mm_data_ptr(t) + numel * (es - rk) - hdr;
@@ -642,10 +753,17 @@ mm_tensor *mm_csv_parse(const char *buf, size_t len, const mm_csv_options *opt, 
   bool header = opt && opt->header;
   bool ws_delim = delim == ' ' || delim == '\t';   /* runs of blanks are one separator */
   if (!name) name = "<memory>";
+  /* A delimiter must not be a character a number can contain: fields are
+   * split before strtod sees them, so with 'e' as delimiter "1.5e3" would
+   * silently become 1.5 and 3.  strtod reads digits, signs, '.', exponents
+   * (e, p), hex (0x, a-f), inf/infinity and nan(chars): refusing every
+   * letter and digit, '_' and the parentheses covers all of them. */
+  unsigned char dc = (unsigned char)delim;
   if (delim == '"' || delim == '\n' || delim == '\r' || delim == '.' || delim == '-' ||
-      delim == '+' || (delim >= '0' && delim <= '9')) {
-    mm_set_error("read_csv: delimiter '%c' cannot separate numbers (expected e.g. ',', ';' or a tab)",
-                 delim);
+      delim == '+' || delim == '_' || delim == '(' || delim == ')' || (dc < 128 && isalnum(dc))) {
+    mm_set_error("read_csv: delimiter '%c' can occur inside a number (digits, signs, '.', and "
+                 "letters as in 1e5, 0x1p3, inf, nan), so it cannot separate numbers "
+                 "(expected e.g. ',', ';' or a tab)", delim);
     return NULL;
   }
   float_vec fv = {0};

@@ -4,12 +4,18 @@
  * Every format has an in-memory parser (bytes + length -> new tensor, or
  * NULL with mm_error() set) that never reads past `len` and never trusts a
  * size it has not checked against the bytes present; the fuzz harnesses in
- * fuzz/ call these directly.  The file functions map or read the file and
+ * fuzz/ call these directly.  The file functions read the file and
  * call the parser, so the two cannot drift apart.  `name` only labels error
- * messages (a path, or something like "<memory>").
+ * messages (a path, or something like "<memory>").  Files are read into
+ * owned memory (not mapped), so one truncated while it is read gives an
+ * error, not SIGBUS; the memory limit applies to that buffer too.
  *
- * Writers never leave a torn file where a good one was: they write
- * `path.tmp.<pid>`, fsync it, and rename(2) it over `path`.
+ * Writers never leave a torn file where a good one was: they write a
+ * temporary `.<hash of the name>.mmtmp.<pid>.<random>` in the same
+ * directory (created exclusively, never through a symlink), fsync it,
+ * rename(2) it over `path` and fsync the directory.  A failed save removes
+ * its temporary; one left by a killed process is removed by the next save
+ * of the same file once that process is gone.
  *
  * Strictness, chosen once for all readers: data shorter than its header
  * declares is an error, and so are bytes after the declared data (a file
@@ -46,7 +52,7 @@ int mm_save_npy(const char *path, mm_tensor *t);
  * Ragged rows, empty fields and non-numbers are errors naming the line and
  * column (both 1-based). */
 typedef struct mm_csv_options {
-  char delimiter;   /* ',' by default */
+  char delimiter;   /* ',' by default; never one a number can contain (digits, letters, . + - _ ( )) */
   bool header;      /* skip the first non-blank line */
 } mm_csv_options;
 mm_tensor *mm_csv_parse(const char *buf, size_t len, const mm_csv_options *opt, const char *name);
@@ -88,5 +94,41 @@ int mm_safetensors_load(const char *path, mm_checkpoint *out);
 /* Names must be distinct, valid UTF-8, without NUL, and not "__metadata__". */
 int mm_safetensors_save(const char *path, const mm_checkpoint *ck);
 void mm_checkpoint_free(mm_checkpoint *ck);   /* safe on a zeroed checkpoint */
+
+/* ---- checkpoint metadata (format 2) -----------------------------------------
+ * The non-tensor part of a checkpoint (microml.checkpoint) is stored in
+ * the safetensors metadata as JSON data, never as code:
+ *
+ *   value  := true | false | integer | string
+ *           | {"f": "<float>"} | {"t": [[key, value], ...]} | {"tensor": "<name>"}
+ *   key    := integer | string
+ *
+ * Integers are JSON digits covering all of int64 (no fraction, exponent or
+ * leading zero).  Floats are strings, "%a" hex floats ("-0x1.8p+1",
+ * "-0x0p+0") or "nan", "inf", "-inf", so every double round-trips bit for
+ * bit (NaN's sign and payload excepted).  Strings are byte strings: the
+ * writer escapes every byte outside printable ASCII as \u00XX, and the
+ * reader accepts only printable ASCII and escapes up to \u00FF.  The top
+ * value is a table; keys within a table are distinct (integer 7 and
+ * string "7" are different keys); tables nest at most MM_META_MAX_DEPTH
+ * deep.  Memory is linear in the metadata's length and so is time. */
+#define MM_META_MAX_DEPTH 64
+typedef enum {
+  MM_META_BOOL, MM_META_INT, MM_META_FLOAT, MM_META_STRING, MM_META_TABLE, MM_META_TENSOR
+} mm_meta_type;
+typedef struct mm_meta_value {
+  mm_meta_type type;
+  union {
+    bool b;
+    int64_t i;
+    double f;
+    struct { char *s; size_t len; } str;     /* STRING and TENSOR (its name); NUL-terminated too */
+    struct { struct mm_meta_value *items; size_t n; } table;   /* n pairs: items[2k] key, [2k+1] value */
+  } u;
+} mm_meta_value;
+/* Parses metadata text into *out (free with mm_meta_value_free, also safe
+ * after a failure).  0, or -1 with an error naming `name` and the byte. */
+int mm_checkpoint_meta_parse(const void *buf, size_t len, mm_meta_value *out, const char *name);
+void mm_meta_value_free(mm_meta_value *v);
 
 #endif

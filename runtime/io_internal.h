@@ -7,18 +7,24 @@
 
 /* ---- helpers the io_*.c files share ------------------------------------------ */
 
-/* A whole file in memory: mapped when it is a regular file, read otherwise. */
+/* A whole file read into memory the reader owns (never mapped: a mapped
+ * file truncated by another process kills the reader with SIGBUS). */
 typedef struct mm_io_file {
   const unsigned char *data;
   size_t len;
-  void *map;       /* munmap target, or NULL */
-  void *heap;      /* free() target, or NULL */
+  void *heap;      /* free() target */
 } mm_io_file;
 int mm_io_open_file(const char *path, mm_io_file *f, const char *where);
 void mm_io_close_file(mm_io_file *f);
+/* 0 if `need` more bytes fit under the memory limit next to the live
+ * tensors, else -1 with an error naming `where`, `name` and `what`. */
+int mm_io_check_memory(size_t need, const char *where, const char *name, const char *what);
 
-/* Crash-safe replacement of a file: write to a temporary sibling, then
- * commit (fflush + fsync + rename + fsync of the directory) or abort. */
+/* Crash-safe replacement of a file: write to a temporary sibling (a short,
+ * random name created with O_EXCL|O_NOFOLLOW; see io.c), then commit
+ * (fflush + fsync + rename + fsync of the directory) or abort (which
+ * removes the temporary).  Opening also removes the temporaries that dead
+ * processes left for the same file. */
 typedef struct mm_io_writer {
   void *fp;            /* FILE * */
   char *tmp_path;

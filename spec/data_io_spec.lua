@@ -30,7 +30,7 @@ local function leftovers(dir)
   local p = io.popen("ls -a '" .. dir .. "'")
   local names = {}
   for line in p:lines() do
-    if line:find("%.tmp%.") then names[#names + 1] = line end
+    if line:find("%.tmp%.") or line:find("%.mmtmp%.") then names[#names + 1] = line end
   end
   p:close()
   return names
@@ -420,7 +420,8 @@ describe("safetensors save/load", function()
     mm.save(p, {x = mm.zeros(3)})
     assert.are.same({3}, mm.load(p).x:shape())
     assert.are.same({}, leftovers(tmpdir))
-    H.fails_with({"cannot create", tmpdir .. "/no/such/dir/x.st.tmp."}, mm.save, tmpdir .. "/no/such/dir/x.st",
+    H.fails_with({"cannot create a temporary file", tmpdir .. "/no/such/dir/.", ".mmtmp.", "for '"
+      .. tmpdir .. "/no/such/dir/x.st'"}, mm.save, tmpdir .. "/no/such/dir/x.st",
       {x = mm.ones(1)})
   end)
 
@@ -586,6 +587,230 @@ describe("checkpoints (mm.checkpoint, re-exported as optim.save_checkpoint / loa
     os.remove(path)
     assert.are.equal(3, back.step)
     H.assert_close(back.w, { 1.5, 1.5 }, 0)
+  end)
+end)
+
+-- ---------------------------------------------------------------------------
+-- The security issue's I/O items: each of these reproduced before its fix.
+
+-- The pid of this (busted) process: /proc/self is whoever opens it.
+local function my_pid()
+  local f = assert(io.open("/proc/self/stat"))
+  local pid = tonumber(f:read("l"):match("^(%d+)"))
+  f:close()
+  return pid
+end
+
+-- FNV-1a 64 of s as 16 hex digits (the temporaries' name hash, runtime/io.c);
+-- Lua's integers wrap like uint64_t.
+local function fnv1a(s)
+  local h = -3750763034362895579   -- 14695981039346656037 as int64
+  for i = 1, #s do h = (h ~ s:byte(i)) * 1099511628211 end
+  return ("%016x"):format(h)
+end
+
+local function run_script(src, env)
+  local script = tmp(".lua")
+  H.write_file(script, src)
+  return H.sh((env or "") .. " timeout 60 " .. H.quote(os.getenv("MICROML")) .. " " .. H.quote(script))
+end
+
+describe("crash-safe saves: temporary files (security)", function()
+  it("never follow a symlink planted at the old predictable temporary name", function()
+    local dir = tmp("_sym")
+    assert(os.execute("mkdir -p " .. H.quote(dir)))
+    local victim = H.write_file(tmp(".victim"), "precious")
+    local p = dir .. "/model.safetensors"
+    -- what the old writer opened with fopen(.., "wb"), following links
+    assert(os.execute(("ln -s %s %s"):format(H.quote(victim), H.quote(p .. ".tmp." .. my_pid()))))
+    mm.save(p, {x = mm.ones(3)})
+    assert.are.equal("precious", H.read_file(victim))
+    assert.are.same({3}, mm.load(p).x:shape())
+    assert.are.equal("file", (H.sh("stat -c %F " .. H.quote(p)):match("regular (file)")))
+  end)
+
+  it("save a file whose name is 250 bytes long (temporary names stay short)", function()
+    local p = tmpdir .. "/" .. string.rep("n", 246) .. ".npy"
+    mm.save_npy(p, mm.tensor({1, 2}))
+    assert.are.same({1, 2}, H.values(mm.load_npy(p)))
+    mm.save(p, {w = mm.ones(2)})
+    assert.are.same({1, 1}, H.values(mm.load(p).w))
+    os.remove(p)
+    assert.are.same({}, leftovers(tmpdir))
+  end)
+
+  it("remove temporaries of dead writers of the same file, keep live ones and others", function()
+    local dir = tmp("_stale")
+    assert(os.execute("mkdir -p " .. H.quote(dir)))
+    local p = dir .. "/ck.safetensors"
+    -- a pid that is certainly dead: a shell that has exited
+    local dead = tonumber((H.sh("sh -c 'echo $$'")))
+    local pre = dir .. "/." .. fnv1a("ck.safetensors") .. ".mmtmp."
+    local stale = H.write_file(pre .. dead .. ".0badf00d", "half a save")
+    local live = H.write_file(pre .. my_pid() .. ".12345678", "a save in progress")
+    local other = H.write_file(dir .. "/." .. fnv1a("other") .. ".mmtmp." .. dead .. ".00000000", "x")
+    mm.save(p, {x = mm.ones(1)})
+    assert.is_nil(io.open(stale), "the dead writer's temporary is still there")
+    assert.is_not_nil(io.open(live))
+    assert.is_not_nil(io.open(other))
+  end)
+end)
+
+describe("reading files that change or inflate (security)", function()
+  it("a file that is shorter than its stat size gives a clear error, not SIGBUS", function()
+    -- sysfs reports 4096 bytes for attributes that hold a few: exactly what
+    -- a file truncated between fstat and read looks like, deterministically.
+    local f = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if not io.open(f) then return pending("no " .. f .. " here") end
+    H.fails_with({"read_csv", f, "shrank while it was read", "expected 4096 bytes"}, mm.read_csv, f)
+  end)
+
+  it("survives files truncated by another process while they load", function()
+    -- The loader (a child) reads a 16 MB file over and over while a shell
+    -- truncates it and grows it back; mapped reads died with SIGBUS (exit 135).
+    local p = tmp(".npy")
+    mm.save_npy(p, mm.zeros(4 * 1024 * 1024))
+    local size = #H.read_file(p)
+    local out, err, code = run_script(([[
+      local mm = require "microml"
+      local p, size = %q, %d
+      local h = io.popen(("(for i in $(seq 400); do truncate -s 200 '%%s'; truncate -s %%d '%%s'; "
+        .. "done) >/dev/null 2>&1 & echo $!"):format(p, size, p))
+      local bg = h:read("l")
+      h:close()
+      local ok_n, err_n = 0, 0
+      for _ = 1, 300 do
+        local ok, e = pcall(mm.load_npy, p)
+        if ok then ok_n = ok_n + 1
+        else
+          err_n = err_n + 1
+          assert(tostring(e):find("load_npy", 1, true), e)
+        end
+      end
+      os.execute("kill " .. bg .. " 2>/dev/null; wait")
+      print(ok_n, err_n)
+    ]]):format(p, size))
+    assert.are.equal(0, code, "the loader died (exit " .. code .. "): " .. err)
+    assert.truthy(out:match("^%d+\t%d+"))
+  end)
+
+  it("applies the memory limit before inflating gzip data, not after", function()
+    -- 64 MiB of float32 zeros in a small .gz, read under a 16 MiB limit in a
+    -- child: refused before inflating, so the child's peak RSS stays small.
+    local raw = tmp(".idx")
+    local f = assert(io.open(raw, "wb"))
+    f:write(string.pack(">BBBBI4", 0, 0, 0x0D, 1, 16 * 1024 * 1024))
+    local zero = string.rep("\0", 1 << 20)
+    for _ = 1, 64 do f:write(zero) end
+    f:close()
+    local gz = H.gzip(raw)
+    os.remove(raw)
+    local out, err, code = run_script(([[
+      local mm = require "microml"
+      local ok, e = pcall(mm.read_idx, %q)
+      local st = io.open("/proc/self/status"):read("a")
+      print(ok, e)
+      print("HWM", st:match("VmHWM:%%s*(%%d+)"))
+    ]]):format(gz), "MICROML_MAX_BYTES=16777216")
+    assert.are.equal(0, code, err)
+    assert.truthy(out:find("false", 1, true), out)
+    assert.truthy(out:find("memory limit", 1, true), out)
+    assert.truthy(out:find("inflating the gzip data", 1, true), out)
+    local hwm_kb = tonumber(out:match("HWM\t(%d+)"))
+    assert.is_true(hwm_kb < 48 * 1024, "peak RSS " .. hwm_kb .. " kB")
+  end)
+end)
+
+describe("read_csv delimiters (security)", function()
+  it("refuses delimiters that can occur inside a number", function()
+    local p = H.write_file(tmp(".csv"), "1.5e3e2\n")
+    for _, d in ipairs({"e", "E", "n", "a", "i", "f", "x", "p", "_", "(", "5", "."}) do
+      H.fails_with({"delimiter '" .. d .. "' can occur inside a number"}, mm.read_csv, p, {delimiter = d})
+    end
+    assert.are.same({1500, 3000}, H.values(mm.read_csv(H.write_file(tmp(), "1.5e3|3e3\n"), {delimiter = "|"})))
+  end)
+end)
+
+describe("checkpoints never run code (security)", function()
+  local optim = mm.optim
+
+  -- A safetensors file with one tensor and the given metadata.
+  local function ck_file(meta)
+    local p = tmp(".safetensors")
+    mm.save(p, {w = mm.ones(2)}, meta)
+    return p
+  end
+
+  -- Runs fn under an instruction budget: code from the file would blow it.
+  local function bounded(fn)
+    local co = coroutine.create(function() return pcall(fn) end)
+    local blown = false
+    debug.sethook(co, function() blown = true; error("instruction budget exceeded") end, "", 2000000)
+    local _, ok, err = coroutine.resume(co)
+    return blown, ok, err
+  end
+
+  it("a Lua expression as metadata is refused as format 1, without being run", function()
+    for _, code in ipairs({"(function() while true do end end)()",
+                           "{[1]=(function() local n = 0 for i = 1, 1e12 do n = n + i end return n end)()}",
+                           "{[1]=2^10}"}) do
+      local blown, ok, err = bounded(function() return optim.load_checkpoint(ck_file({["microml.checkpoint"] = code})) end)
+      assert.is_false(blown, "load_checkpoint ran the file's code: " .. code)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("format 1", 1, true), err)
+    end
+  end)
+
+  it("format-2 metadata is data only: anything else is refused with the byte it is at", function()
+    local function load_meta(text, needle)
+      local p = ck_file({["microml.checkpoint"] = text, ["microml.checkpoint.format"] = "2"})
+      local blown, ok, err = bounded(function() return optim.load_checkpoint(p) end)
+      assert.is_false(blown)
+      assert(not ok, "expected an error for " .. text)
+      assert(tostring(err):find(needle, 1, true), ("expected %q in: %s"):format(needle, tostring(err)))
+    end
+    load_meta('{"t":[["a",1]]} x', "nothing but blanks after the top-level table")
+    load_meta('{"t":[["a",1]]}{"t":[]}', "nothing but blanks")
+    load_meta('(function() while true do end end)()', "malformed checkpoint metadata at byte 0")
+    load_meta('{"t":[["a",{"f":"1e400"}]]}', "hex float")
+    load_meta('{"t":[["a",{"f":" 0x1p+0"}]]}', "hex float")
+    load_meta('{"t":[["a",{"code":"os.exit()"}]]}', 'a tag "f" (float), "t" (table) or "tensor"')
+    load_meta('{"t":[["a",1.5]]}', "an integer (floats are written as")
+    load_meta('{"t":[["a",9223372036854775808]]}', "int64 range")
+    load_meta('{"t":[["a",-9223372036854775809]]}', "int64 range")
+    load_meta('{"t":[["a",1],["a",2]]}', "string key 'a' appears twice")
+    load_meta('{"t":[[7,1],[7,2]]}', "integer key 7 appears twice")
+    load_meta('{"t":[["a","\\u0100"]]}', "\\u0000-\\u00FF")
+    load_meta('{"t":[["a","\195\169"]]}', "printable ASCII")   -- raw UTF-8 e-acute, not \u00XX
+    load_meta('{"t":[["a",{"tensor":"nope"}]]}', "lacks the tensor 'nope'")
+    load_meta('{"f":"0x1p+0"}', "must be a table")
+    load_meta(string.rep('{"t":[[1,', 70) .. "1" .. string.rep("]]}", 70), "deeper than 64 levels")
+    load_meta(string.rep('{"t":[[1,', 100000), "deeper than 64 levels")
+    load_meta('{"t":[["a",1]]', "got the end of the metadata")
+    local p = ck_file({["microml.checkpoint"] = '{"t":[]}', ["microml.checkpoint.format"] = "3"})
+    H.error_with(function() optim.load_checkpoint(p) end, "checkpoint format '3', expected format 2")
+  end)
+
+  it("round-trip byte strings, extreme integers and exact floats as data", function()
+    local path = tmp(".ck")
+    local bytes = {}
+    for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+    local ck = {s = table.concat(bytes) .. "\255\254", min = math.mininteger, max = math.maxinteger,
+                tiny = 4.9406564584124654e-324, third = 1 / 3, [-5] = "negative key", [""] = "empty key",
+                nest = {{{{x = mm.full({1}, 2)}}}}}
+    optim.save_checkpoint(path, ck)
+    local _, meta = mm.load(path)
+    assert.are.equal("2", meta["microml.checkpoint.format"])
+    assert.is_nil(meta["microml.checkpoint"]:find("[^\32-\126]"))   -- printable ASCII only
+    local back = optim.load_checkpoint(path)
+    assert.are.equal(ck.s, back.s)
+    assert.are.equal(math.mininteger, back.min)
+    assert.are.equal(math.maxinteger, back.max)
+    assert.are.equal(ck.tiny, back.tiny)
+    assert.are.equal(ck.third, back.third)
+    assert.are.equal("negative key", back[-5])
+    assert.are.equal("empty key", back[""])
+    H.assert_close(back.nest[1][1][1].x, {2}, 0)
   end)
 end)
 

@@ -6,28 +6,44 @@
 -- booleans ({model = model:state_dict(), optimizer = opt:state_dict(),
 -- epoch = 3, rng = mm.get_rng_state()}).  Tensors go into the safetensors
 -- body under their dotted paths; the rest of the table, with each tensor
--- replaced by a reference to its name, goes into one metadata string as a
--- Lua literal that loads back exactly (floats are written in hex).
+-- replaced by a reference to its name, goes into one metadata string as
+-- JSON data (checkpoint format 2, grammar in runtime/io.h), which the
+-- runtime's strict reader turns back into the table exactly: integers
+-- over all of int64, floats in hex, strings as bytes, integer and string
+-- keys kept apart.  Loading never runs anything from the file.
+--
+-- Format 1 stored that part as a Lua literal and ran it with load(), so a
+-- crafted file could hang the loader or compute values; such files are
+-- refused with a message naming the format.
 
 local mm = require "microml"
 local is_tensor = mm.is_tensor
 local M = {}
 
 local META_KEY = "microml.checkpoint"
+local FORMAT_KEY = "microml.checkpoint.format"
+local FORMAT = "2"
+
+-- A byte string as a JSON string of printable ASCII: every other byte,
+-- and '"' and '\', as \u00XX, so NUL and invalid UTF-8 survive.
+local function jstring(s)
+  return '"' .. s:gsub('[%z\1-\31"\\\127-\255]', function(c)
+    return ("\\u%04x"):format(c:byte())
+  end) .. '"'
+end
 
 local function literal(v)
   local tv = math.type(v)
-  -- "-9223372036854775808" would read back as a float (the minus sign is
-  -- an operator applied to a literal that overflows), so spell it out.
-  if v == math.mininteger then return "(-9223372036854775807-1)" end
   if tv == "integer" then return ("%d"):format(v) end
   if tv == "float" then
-    if v ~= v then return "(0/0)" end
-    if v == math.huge then return "(1/0)" end
-    if v == -math.huge then return "(-1/0)" end
-    return ("%a"):format(v)
+    local f
+    if v ~= v then f = "nan"
+    elseif v == math.huge then f = "inf"
+    elseif v == -math.huge then f = "-inf"
+    else f = ("%a"):format(v) end
+    return ('{"f":"%s"}'):format(f)
   end
-  if type(v) == "string" then return ("%q"):format(v) end
+  if type(v) == "string" then return jstring(v) end
   if type(v) == "boolean" then return tostring(v) end
   return nil
 end
@@ -58,7 +74,7 @@ local function split_checkpoint(tbl)
           error(("save_checkpoint: two tensors would both be saved as '%s'"):format(name), 4)
         end
         tensors[name] = v
-        s = ("{__tensor=%q}"):format(name)
+        s = '{"tensor":' .. jstring(name) .. "}"
       elseif type(v) == "table" then
         s = walk(v, name)
       else
@@ -68,10 +84,10 @@ local function split_checkpoint(tbl)
                  .. "booleans and tables of them)"):format(type(v), name), 4)
         end
       end
-      parts[#parts + 1] = ("[%s]=%s"):format(literal(k), s)
+      parts[#parts + 1] = ("[%s,%s]"):format(literal(k), s)
     end
     seen[t] = nil
-    return "{" .. table.concat(parts, ",") .. "}"
+    return '{"t":[' .. table.concat(parts, ",") .. "]}"
   end
   local skeleton = walk(tbl, "")
   return tensors, skeleton
@@ -84,7 +100,7 @@ function M.save_checkpoint(path, tbl)
     error("save_checkpoint: expected a table as argument 2", 2)
   end
   local tensors, skeleton = split_checkpoint(tbl)
-  mm.save(path, tensors, { [META_KEY] = skeleton })
+  mm.save(path, tensors, { [META_KEY] = skeleton, [FORMAT_KEY] = FORMAT })
 end
 
 --- checkpoint.load_checkpoint(path) (also optim.load_checkpoint) -> the table given to save_checkpoint.
@@ -95,29 +111,18 @@ function M.load_checkpoint(path)
     error(("load_checkpoint: '%s' has no '%s' metadata (was it written by save_checkpoint?)")
           :format(tostring(path), META_KEY), 2)
   end
-  local chunk, err = load("return " .. skeleton, "=checkpoint", "t", {})
-  if not chunk then error("load_checkpoint: corrupt metadata in '" .. path .. "': " .. err, 2) end
-  local ok, tbl = pcall(chunk)
-  if not ok or type(tbl) ~= "table" then
-    error("load_checkpoint: corrupt metadata in '" .. path .. "'", 2)
+  local format = meta[FORMAT_KEY]
+  if format == nil then
+    error(("load_checkpoint: '%s' is a checkpoint in format 1 (Lua-literal metadata, no '%s' "
+           .. "entry), which is no longer read because reading it meant running it as code; "
+           .. "expected format %s (load it with an older MicroML only if you trust it, and save "
+           .. "it again)"):format(tostring(path), FORMAT_KEY, FORMAT), 2)
   end
-  local function resolve(t)
-    for k, v in pairs(t) do
-      if type(v) == "table" then
-        if v.__tensor then
-          local x = tensors[v.__tensor]
-          if not x then
-            error(("load_checkpoint: '%s' lacks the tensor '%s'"):format(path, v.__tensor), 3)
-          end
-          t[k] = x
-        else
-          resolve(v)
-        end
-      end
-    end
+  if format ~= FORMAT then
+    error(("load_checkpoint: '%s' has checkpoint format '%s', expected format %s")
+          :format(tostring(path), format:sub(1, 40), FORMAT), 2)
   end
-  resolve(tbl)
-  return tbl
+  return mm._checkpoint_decode(skeleton, tensors, tostring(path))
 end
 
 return M
