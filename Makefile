@@ -45,7 +45,8 @@ LDLIBS  += -lz -lm -pthread
 # SANITIZE=1 builds everything with ASan+UBSan into build-san/ (issue 7).
 ifeq ($(SANITIZE),1)
 BUILD   ?= build-san
-override CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+override CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined \
+                   -DMM_CHECK_INTERNAL_VIEWS
 override LDFLAGS += -fsanitize=address,undefined
 endif
 # TSAN=1 builds everything with ThreadSanitizer into build-tsan/ (`make tsan`).
