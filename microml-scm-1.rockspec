@@ -54,11 +54,13 @@ build = {
   install = {
     lua = {
       ["microml.init"] = "lua/microml/init.lua",
+      ["microml.autograd"] = "lua/microml/autograd.lua",
       ["microml.checkpoint"] = "lua/microml/checkpoint.lua",
       ["microml.data"] = "lua/microml/data.lua",
       ["microml.gradcheck"] = "lua/microml/gradcheck.lua",
       ["microml.nn"] = "lua/microml/nn.lua",
       ["microml.optim"] = "lua/microml/optim.lua",
+      ["microml.options"] = "lua/microml/options.lua",
       ["microml.progress"] = "lua/microml/progress.lua",
       ["microml.viz"] = "lua/microml/viz.lua",
     },

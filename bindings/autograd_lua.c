@@ -4,31 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Refuses keys of the options table at idx that are not in `known` (a
- * NULL-terminated list), naming the key and the accepted ones. */
-static void check_keys(lua_State *L, int idx, const char *where, const char *const *known) {
-  if (!lua_istable(L, idx)) return;
-  idx = lua_absindex(L, idx);
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    lua_pop(L, 1);
-    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    bool ok = false;
-    for (int i = 0; k && known[i]; i++) ok = ok || strcmp(k, known[i]) == 0;
-    if (!ok) {
-      luaL_Buffer b;
-      luaL_buffinit(L, &b);
-      for (int i = 0; known[i]; i++) {
-        if (i) luaL_addstring(&b, ", ");
-        luaL_addstring(&b, known[i]);
-      }
-      luaL_pushresult(&b);
-      luaL_error(L, "%s: unknown option '%s' (accepted: %s)", where,
-                 k ? k : luaL_typename(L, -2), lua_tostring(L, -1));
-    }
-  }
-}
-
 /* Higher-order gradients need differentiable backward functions throughout
  * (the engine's own accumulation included); until then, say so. */
 static void refuse_create_graph(lua_State *L, int opts, const char *where) {
@@ -48,7 +23,8 @@ static int m_backward(lua_State *L) {
   int opts = 2;
   if (mm_lua_test(L, 2)) { g = mm_lua_check(L, 2); opts = 3; }
   else if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2)) luaL_typeerror(L, 2, "Tensor or options table");
-  check_keys(L, opts, "backward", known);
+  mm_lua_check_options(L, opts, "backward", known);
+  mm_lua_check_arity(L, "backward", opts);
   refuse_create_graph(L, opts, "backward");
   bool retain = mm_lua_opt_bool(L, opts, "retain_graph", false);
   lua_State *prev = backward_L;

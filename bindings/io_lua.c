@@ -43,6 +43,9 @@ static void check_opts(lua_State *L, int idx) {
 static int l_read_idx(lua_State *L) {
   const char *path = check_path(L, 1);
   check_opts(L, 2);
+  static const char *const known[] = {"dtype", NULL};
+  mm_lua_check_options(L, 2, "read_idx", known);
+  mm_lua_check_arity(L, "read_idx", 2);
   mm_dtype dt = mm_lua_opt_dtype(L, 2, MM_FLOAT32);
   return mm_lua_push(L, mm_read_idx(path, dt));
 }
@@ -59,6 +62,9 @@ static int l_save_npy(lua_State *L) {
 static int l_read_csv(lua_State *L) {
   const char *path = check_path(L, 1);
   check_opts(L, 2);
+  static const char *const known[] = {"header", "delimiter", NULL};
+  mm_lua_check_options(L, 2, "read_csv", known);
+  mm_lua_check_arity(L, "read_csv", 2);
   mm_csv_options opt = {',', mm_lua_opt_bool(L, 2, "header", false)};
   if (lua_istable(L, 2)) {
     lua_getfield(L, 2, "delimiter");

@@ -49,11 +49,15 @@ static int l_matmul(lua_State *L) {
 }
 
 static int l_linear(lua_State *L) {
+  mm_lua_check_arity(L, "linear", 3);
   mm_tensor *x = mm_lua_check(L, 1), *w = mm_lua_check(L, 2), *b = opt_tensor(L, 3);
   return mm_lua_push(L, mm_linear(x, w, b));
 }
 
 static int l_conv2d(lua_State *L) {
+  if (lua_gettop(L) > 5)
+    return luaL_error(L, "conv2d: expected at most 5 arguments (x, w, b, stride, padding), got %d "
+                      "(PyTorch's dilation and groups are not supported yet)", lua_gettop(L));
   mm_tensor *x = mm_lua_check(L, 1), *w = mm_lua_check(L, 2), *b = opt_tensor(L, 3);
   static const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
   int64_t stride[2], padding[2];
@@ -63,6 +67,11 @@ static int l_conv2d(lua_State *L) {
 }
 
 static int pool(lua_State *L, bool is_max) {
+  if (lua_gettop(L) > 4)
+    return luaL_error(L, "%s: expected at most 4 arguments (x, kernel, stride, padding), got %d "
+                      "(PyTorch's %s are not supported yet)", is_max ? "max_pool2d" : "avg_pool2d",
+                      lua_gettop(L), is_max ? "dilation, ceil_mode and return_indices"
+                                            : "ceil_mode, count_include_pad and divisor_override");
   mm_tensor *x = mm_lua_check(L, 1);
   static const int64_t zero[2] = {0, 0};
   int64_t kernel[2], stride[2], padding[2];

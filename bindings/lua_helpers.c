@@ -7,6 +7,8 @@
  * pushed, so tensor bytes it cannot see still pace its cycles. */
 #include "lua_helpers.h"
 
+#include <string.h>
+
 int mm_lua_error(lua_State *L) { return luaL_error(L, "%s", mm_error()); }
 
 /* Recognising a tensor is on every op's path, several times per call.
@@ -200,4 +202,48 @@ void mm_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_R
       lua_setfield(L, methods_idx, fns->name);
     }
   }
+}
+
+/* The key at the top of the stack as the error message shows it. */
+static const char *key_name(lua_State *L) {
+  if (lua_type(L, -1) == LUA_TSTRING) return lua_pushfstring(L, "'%s'", lua_tostring(L, -1));
+  return lua_pushfstring(L, "[%s] (a %s key)", luaL_tolstring(L, -1, NULL), luaL_typename(L, -2));
+}
+
+void mm_lua_check_options(lua_State *L, int idx, const char *where, const char *const *known) {
+  mm_lua_check_options_ex(L, idx, where, known, NULL);
+}
+
+void mm_lua_check_options_ex(lua_State *L, int idx, const char *where, const char *const *known,
+                             const char *const *unsupported) {
+  if (!has_opts(L, idx)) return;
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    bool ok = false;
+    for (int i = 0; k && known[i]; i++) ok = ok || strcmp(k, known[i]) == 0;
+    if (ok) continue;
+    for (int i = 0; k && unsupported && unsupported[i]; i++)
+      if (strcmp(k, unsupported[i]) == 0)
+        luaL_error(L, "%s: option '%s' is not supported yet (PyTorch's %s; got %s, only nil works)",
+                   where, k, k, luaL_typename(L, (lua_getfield(L, idx, k), -1)));
+    luaL_Buffer b;
+    const char *key = key_name(L);
+    luaL_buffinit(L, &b);
+    for (int i = 0; known[i]; i++) {
+      if (i) luaL_addstring(&b, ", ");
+      luaL_addstring(&b, known[i]);
+    }
+    if (!known[0]) luaL_addstring(&b, "none");
+    luaL_pushresult(&b);
+    luaL_error(L, "%s: unknown option %s (accepted: %s)", where, key, lua_tostring(L, -1));
+  }
+}
+
+void mm_lua_check_arity(lua_State *L, const char *where, int max) {
+  int n = lua_gettop(L);
+  if (n > max)
+    luaL_error(L, "%s: expected at most %d argument%s, got %d", where, max, max == 1 ? "" : "s", n);
 }

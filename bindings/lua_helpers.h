@@ -67,6 +67,16 @@ int mm_lua_check_shape(lua_State *L, int idx, int64_t *shape, int *next_idx);
 /* Reads the dtype field of an options table at idx (or def). */
 mm_dtype mm_lua_opt_dtype(lua_State *L, int idx, mm_dtype def);
 bool mm_lua_opt_bool(lua_State *L, int idx, const char *field, bool def);
+/* Strict options: refuses any key of the options table at idx (when idx is
+   an actual table argument) that is not in `known` (NULL-terminated),
+   naming it and the accepted ones: "conv2d: unknown option 'bais'
+   (accepted: ...)".  The _ex form also names `unsupported` keys (PyTorch
+   options whose default is None) as "not supported yet". */
+void mm_lua_check_options(lua_State *L, int idx, const char *where, const char *const *known);
+void mm_lua_check_options_ex(lua_State *L, int idx, const char *where, const char *const *known,
+                             const char *const *unsupported);
+/* Refuses more than max arguments: "conv2d: expected at most 5 arguments, got 6". */
+void mm_lua_check_arity(lua_State *L, const char *where, int max);
 /* Adds functions to the module table and/or the Tensor methods table.
    The module table and methods table must be at module_idx / methods_idx. */
 void mm_lua_register(lua_State *L, int module_idx, int methods_idx, const luaL_Reg *fns,

@@ -36,8 +36,21 @@ static void loss_opts(lua_State *L, int idx, const char *fname, int allowed, con
   o->label_smoothing = 0;
   o->has_ignore_index = false;
   o->ignore_index = 0;
+  mm_lua_check_arity(L, fname, idx);
   if (lua_isnoneornil(L, idx)) return;
   luaL_checktype(L, idx, LUA_TTABLE);
+  {
+    const char *known[4];
+    int n = 0;
+    if (allowed & OPT_REDUCTION) known[n++] = "reduction";
+    if (allowed & OPT_SMOOTHING) known[n++] = "label_smoothing";
+    if (allowed & OPT_IGNORE) known[n++] = "ignore_index";
+    known[n] = NULL;
+    /* PyTorch's per-class weights (and BCE's pos_weight): not yet. */
+    static const char *const weights[] = {"weight", "pos_weight", NULL};
+    mm_lua_check_options_ex(L, idx, fname, known, weights);
+  }
+  (void)names;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
@@ -109,6 +122,7 @@ static mm_tensor *opt_tensor(lua_State *L, int idx) {
 }
 
 static int l_layer_norm(lua_State *L) {
+  mm_lua_check_arity(L, "layer_norm", 5);
   mm_tensor *x = mm_lua_check(L, 1);
   int64_t shape[MM_MAX_DIMS];
   int nd;
@@ -126,6 +140,7 @@ static int l_layer_norm(lua_State *L) {
 }
 
 static int l_dropout(lua_State *L) {
+  mm_lua_check_arity(L, "dropout", 3);
   mm_tensor *x = mm_lua_check(L, 1);
   double p = luaL_optnumber(L, 2, 0.5);
   bool training = true;

@@ -29,6 +29,13 @@ static int l_pointwise(lua_State *L) {
   double p[MM_POINTWISE_MAX_PARAMS];
   int given = 0;
   bool opts = d->nparams > 0 && lua_istable(L, 2) && !mm_lua_test(L, 2);
+  if (opts) {
+    const char *known[MM_POINTWISE_MAX_PARAMS + 1];
+    for (int i = 0; i < d->nparams; i++) known[i] = d->param_names[i];
+    known[d->nparams] = NULL;
+    mm_lua_check_options(L, 2, d->name, known);
+  }
+  mm_lua_check_arity(L, d->name, opts ? 2 : 1 + d->nparams);
   for (int i = 0; i < d->nparams; i++) {
     p[i] = d->param_defaults[i];
     int idx = 2 + i;

@@ -21,6 +21,23 @@ static void apply_requires_grad(lua_State *L, int opts, mm_tensor *t) {
   }
 }
 
+/* The options every creation function takes; PyTorch's device, layout,
+ * pin_memory, ... are refused as unknown. */
+static void creation_opts(lua_State *L, int opts, const char *where) {
+  static const char *const known[] = {"dtype", "requires_grad", NULL};
+  mm_lua_check_options(L, opts, where, known);
+}
+
+/* The end of a creation call's arguments: the options table at opts (or
+ * nothing), and nothing after it.  A nil among the sizes (randn(n, nil,
+ * opts)) would otherwise hide the options behind it. */
+static void creation_tail(lua_State *L, int opts, const char *where) {
+  creation_opts(L, opts, where);
+  if (lua_gettop(L) > opts && lua_isnil(L, opts))
+    luaL_argerror(L, opts, "expected a size or an options table, got nil");
+  mm_lua_check_arity(L, where, opts);
+}
+
 /* ---- lifetime --------------------------------------------------------------- */
 
 static int t_release(lua_State *L) {
@@ -77,6 +94,8 @@ static void table_fill(lua_State *L, int idx, int depth, int nd, const int64_t *
  * int64 and anything else float32, as torch.tensor does. */
 static int l_tensor(lua_State *L) {
   int opts = 2;
+  mm_lua_check_arity(L, "tensor", 2);
+  creation_opts(L, opts, "tensor");
   if (mm_lua_test(L, 1)) {
     mm_tensor *c = mm_clone(mm_lua_check(L, 1));
     if (c) mm_detach_(c);
@@ -109,10 +128,11 @@ static int l_tensor(lua_State *L) {
   return 1;
 }
 
-static int make_filled(lua_State *L, int first, double value, bool fill) {
+static int make_filled(lua_State *L, int first, double value, bool fill, const char *where) {
   int64_t shape[MM_MAX_DIMS];
   int next;
   int nd = mm_lua_check_shape(L, first, shape, &next);
+  creation_tail(L, next, where);
   mm_dtype dt = mm_lua_opt_dtype(L, next, MM_FLOAT32);
   if (!lua_isnoneornil(L, next) && !lua_istable(L, next))
     luaL_argerror(L, next, lua_pushfstring(L, "expected a size or an options table, got %s",
@@ -123,9 +143,9 @@ static int make_filled(lua_State *L, int first, double value, bool fill) {
   return 1;
 }
 
-static int l_zeros(lua_State *L) { return make_filled(L, 1, 0, true); }
-static int l_ones(lua_State *L) { return make_filled(L, 1, 1, true); }
-static int l_empty(lua_State *L) { return make_filled(L, 1, 0, false); }
+static int l_zeros(lua_State *L) { return make_filled(L, 1, 0, true, "zeros"); }
+static int l_ones(lua_State *L) { return make_filled(L, 1, 1, true, "ones"); }
+static int l_empty(lua_State *L) { return make_filled(L, 1, 0, false, "empty"); }
 
 /* mm.full(shape..., value [, opts]) — the value is the last number. */
 static int l_full(lua_State *L) {
@@ -146,6 +166,8 @@ static int l_full(lua_State *L) {
       nd++;
     }
   int opts = vidx + 1;
+  creation_opts(L, opts, "full");
+  mm_lua_check_arity(L, "full", opts);
   mm_dtype dt = mm_lua_opt_dtype(L, opts, MM_FLOAT32);
   mm_tensor *t = mm_tensor_full(dt, nd, shape, v);
   mm_lua_push(L, t);
@@ -157,6 +179,7 @@ static int l_rand(lua_State *L) {
   int64_t shape[MM_MAX_DIMS];
   int next;
   int nd = mm_lua_check_shape(L, 1, shape, &next);
+  creation_tail(L, next, "rand");
   mm_dtype dt = mm_lua_opt_dtype(L, next, MM_FLOAT32);
   if (dt == MM_INT64) luaL_error(L, "rand: expected a float dtype, got int64 (use randint)");
   mm_tensor *t = mm_rand(dt, nd, shape);
@@ -169,6 +192,7 @@ static int l_randn(lua_State *L) {
   int64_t shape[MM_MAX_DIMS];
   int next;
   int nd = mm_lua_check_shape(L, 1, shape, &next);
+  creation_tail(L, next, "randn");
   mm_dtype dt = mm_lua_opt_dtype(L, next, MM_FLOAT32);
   if (dt == MM_INT64) luaL_error(L, "randn: expected a float dtype, got int64");
   mm_tensor *t = mm_randn(dt, nd, shape);
@@ -194,6 +218,9 @@ static int l_randperm(lua_State *L) {
 
 static int like(lua_State *L, int kind) {
   mm_tensor *src = mm_lua_check(L, 1);
+  static const char *const names[] = {"zeros_like", "ones_like", "randn_like", "full_like", "rand_like"};
+  creation_opts(L, kind == 3 ? 3 : 2, names[kind]);
+  mm_lua_check_arity(L, names[kind], kind == 3 ? 3 : 2);
   mm_dtype dt = mm_lua_opt_dtype(L, kind == 3 ? 3 : 2, src->dtype);
   mm_tensor *t;
   switch (kind) {
@@ -230,6 +257,7 @@ static int l_arange(lua_State *L) {
     end = luaL_checknumber(L, 2);
     if (nums == 3) step = luaL_checknumber(L, 3);
   } else return luaL_error(L, "arange: expected (end), (start, end) or (start, end, step), got %d numbers", nums);
+  creation_opts(L, opts, "arange");
   mm_dtype dt = mm_lua_opt_dtype(L, opts, all_int ? MM_INT64 : MM_FLOAT32);
   mm_tensor *t = mm_arange(dt, start, end, step);
   mm_lua_push(L, t);
@@ -240,6 +268,8 @@ static int l_arange(lua_State *L) {
 static int l_linspace(lua_State *L) {
   double a = luaL_checknumber(L, 1), b = luaL_checknumber(L, 2);
   int64_t steps = mm_lua_check_int(L, 3);
+  creation_opts(L, 4, "linspace");
+  mm_lua_check_arity(L, "linspace", 4);
   mm_dtype dt = mm_lua_opt_dtype(L, 4, MM_FLOAT32);
   mm_tensor *t = mm_linspace(dt, a, b, steps);
   mm_lua_push(L, t);
@@ -252,6 +282,8 @@ static int l_eye(lua_State *L) {
   int opts = 2;
   int64_t m = n;
   if (lua_type(L, 2) == LUA_TNUMBER) { m = mm_lua_check_int(L, 2); opts = 3; }
+  creation_opts(L, opts, "eye");
+  mm_lua_check_arity(L, "eye", opts);
   if (n < 0 || m < 0) return luaL_error(L, "eye: expected sizes >= 0, got %I and %I", (lua_Integer)n, (lua_Integer)m);
   mm_lua_push(L, mm_eye(mm_lua_opt_dtype(L, opts, MM_FLOAT32), n, m));
   apply_requires_grad(L, opts, mm_lua_check(L, -1));

@@ -45,6 +45,8 @@ static int l_graph_dot(lua_State *L) {
   }
 
   mm_dot_options opts = {0};
+  static const char *const known[] = {"max_nodes", "legend", "title", "collapse", NULL};
+  mm_lua_check_options(L, 3, "graph_dot", known);
   if (lua_istable(L, 3)) {
     if (lua_getfield(L, 3, "max_nodes") != LUA_TNIL) {
       int ok;

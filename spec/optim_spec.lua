@@ -575,7 +575,7 @@ describe("Adam over a whole group in one call (mm._adam_multi)", function()
     mm.manual_seed(seed or 3)
     local ps = {}
     for i, s in ipairs(SIZES) do
-      ps[i] = mm.randn(s[1], s[2], { dtype = dtype })
+      ps[i] = mm.randn(s, { dtype = dtype })
       ps[i].requires_grad = true
     end
     return ps

@@ -17,6 +17,7 @@
 -- refused with a message naming the format.
 
 local mm = require "microml"
+local options = require "microml.options"
 local is_tensor = mm.is_tensor
 local M = {}
 
@@ -94,7 +95,8 @@ local function split_checkpoint(tbl)
 end
 
 --- checkpoint.save_checkpoint(path, tbl) (also optim.save_checkpoint) — see above; needs mm.save.
-function M.save_checkpoint(path, tbl)
+function M.save_checkpoint(path, tbl, ...)
+  options.arity("save_checkpoint", 2, select("#", ...) + 2)
   if type(path) ~= "string" then error("save_checkpoint: expected a path as argument 1", 2) end
   if type(tbl) ~= "table" or is_tensor(tbl) then
     error("save_checkpoint: expected a table as argument 2", 2)
@@ -104,7 +106,8 @@ function M.save_checkpoint(path, tbl)
 end
 
 --- checkpoint.load_checkpoint(path) (also optim.load_checkpoint) -> the table given to save_checkpoint.
-function M.load_checkpoint(path)
+function M.load_checkpoint(path, ...)
+  options.arity("load_checkpoint", 1, select("#", ...) + 1)
   local tensors, meta = mm.load(path)
   local skeleton = meta and meta[META_KEY]
   if type(skeleton) ~= "string" then

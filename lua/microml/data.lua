@@ -19,6 +19,7 @@
 -- global generator's sequence untouched.
 local mm = require "microml"
 
+local options = require "microml.options"
 local data = {}
 
 local function shape_str(t)
@@ -142,7 +143,17 @@ end
 -- sampler: a 1-D int64 tensor of 1-based sample indices, the order every
 -- epoch walks (any length, repeats allowed), as torch's sampler=; it
 -- excludes shuffle.  E.g. an order written by another program, or a subset.
-function data.DataLoader(dataset, opts)
+local LOADER_OPTIONS = { "batch_size:number", "shuffle:boolean", "drop_last:boolean", "prefetch:boolean",
+                         "sampler", "seed:number" }
+-- torch.utils.data.DataLoader's options MicroML does not have: only their
+-- defaults pass (one process, no pinned memory, the built-in collation).
+local LOADER_UNSUPPORTED = { num_workers = 0, batch_sampler = options.NONE, collate_fn = options.NONE,
+  pin_memory = false, timeout = 0, worker_init_fn = options.NONE, generator = options.NONE,
+  prefetch_factor = options.NONE, persistent_workers = false, pin_memory_device = "",
+  multiprocessing_context = options.NONE, in_order = true }
+
+function data.DataLoader(dataset, opts, ...)
+  options.arity("DataLoader", 2, select("#", ...) + 2)
   if type(dataset) ~= "table" then
     error(("DataLoader: expected a dataset (a table with len and get), got %s"):format(type(dataset)), 2)
   end
@@ -153,6 +164,7 @@ function data.DataLoader(dataset, opts)
   if type(opts) ~= "table" then
     error(("DataLoader: expected an options table as argument 2, got %s"):format(type(opts)), 2)
   end
+  options.check(opts, "DataLoader", LOADER_OPTIONS, LOADER_UNSUPPORTED)
   local self = setmetatable({
     dataset = dataset,
     batch_size = check_int(opts.batch_size or 1, "DataLoader: batch_size", 1),
@@ -346,7 +358,8 @@ end
 
 --- data.fashion_mnist([dir]) -> train_x [60000, 784] float32 in [0, 1],
 -- train_y [60000] int64 in 1..10, test_x [10000, 784], test_y [10000].
-function data.fashion_mnist(dir)
+function data.fashion_mnist(dir, ...)
+  options.arity("fashion_mnist", 1, select("#", ...) + 1)
   dir = dir or data.FASHION_MNIST_DIR
   return load_idx_set("fashion_mnist", dir,
     "install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
@@ -354,7 +367,8 @@ function data.fashion_mnist(dir)
 end
 
 --- data.mnist([dir]) -> the same four tensors for the MNIST digits.
-function data.mnist(dir)
+function data.mnist(dir, ...)
+  options.arity("mnist", 1, select("#", ...) + 1)
   dir = dir or data.MNIST_DIR
   return load_idx_set("mnist", dir,
     "put the four MNIST IDX files there (no Debian package ships them), "

@@ -19,8 +19,18 @@
 --   local net = Net(10); local y = net(x)     -- __call runs forward
 local mm = require "microml"
 
+local options = require "microml.options"
+
 local nn = {}
 local is_tensor = mm.is_tensor
+local NONE = options.NONE
+
+-- Options of a module constructor (init runs under the class's __call, so
+-- errors blame the caller two levels up) and its positional arity.
+local function init_opts(opts, where, accepted, unsupported)
+  return options.check(opts, where, accepted, unsupported, 4)
+end
+local function init_arity(where, max, n) options.arity(where, max, n, 4) end
 
 -- ---------------------------------------------------------------------------
 -- small helpers
@@ -438,6 +448,8 @@ function Module:state_dict(opts)
     error(("state_dict: expected an options table {torch_names = true} as argument 1, got %s")
           :format(type(opts)), 2)
   end
+  options.check(opts, "state_dict", { "torch_names:boolean" }, { destination = NONE, prefix = "",
+                keep_vars = false })
   local live = own_tensors(self, opts and opts.torch_names)
   local sd = {}
   for name, t in pairs(live) do sd[name] = t:detach() end
@@ -471,6 +483,7 @@ end
 function Module:load_state_dict(sd, opts)
   local strict, torch = true, nil
   if type(opts) == "table" then
+    options.check(opts, "load_state_dict", { "strict:boolean", "torch_names:boolean" }, { assign = false })
     if opts.strict ~= nil then strict = opts.strict end
     torch = opts.torch_names
   elseif opts ~= nil then
@@ -695,8 +708,9 @@ end
 -- y = x W^T + b with W [out, in] (torch's layout); x may be [..., in].
 local Linear = class("Linear")
 nn.Linear = Linear
-function Linear:init(in_features, out_features, opts)
-  opts = opts or {}
+function Linear:init(in_features, out_features, opts, ...)
+  init_arity("Linear", 3, select("#", ...) + 3)
+  opts = init_opts(opts, "Linear", { "bias:boolean", "dtype:string" }, { device = "cpu" })
   check_size("Linear", "in_features", in_features, 0)
   check_size("Linear", "out_features", out_features, 0)
   local dt = dtype_opt("Linear", opts)
@@ -756,7 +770,11 @@ activation("Identity", function(_, x) return x end)
 local GELU = activation("GELU", function(self, x) return mm.gelu(x, self.approximate) end,
   function(self) return self.approximate == "tanh" and "approximate=tanh" or "" end)
 --- nn.GELU([approximate = "none" | "tanh"])
-function GELU:init(approximate)
+function GELU:init(approximate, ...)
+  init_arity("GELU", 1, select("#", ...) + 1)
+  if type(approximate) == "table" then
+    approximate = init_opts(approximate, "GELU", { "approximate:string" }).approximate
+  end
   approximate = approximate or "none"
   if approximate ~= "none" and approximate ~= "tanh" then
     error(("GELU: expected approximate 'none' or 'tanh', got '%s'"):format(tostring(approximate)), 3)
@@ -773,6 +791,7 @@ local pointwise_activations = {
   { "LeakyReLU", "leaky_relu" }, { "Hardtanh", "hardtanh" }, { "ELU", "elu" },
   { "Softplus", "softplus" },
 }
+local inplace_activations = { ReLU = true, LeakyReLU = true, Hardtanh = true, ELU = true, SiLU = true }
 local pointwise_params = {}
 for _, op in ipairs(mm._pointwise_ops()) do pointwise_params[op.name] = op.params end
 
@@ -782,10 +801,26 @@ for _, entry in ipairs(pointwise_activations) do
   local f = mm[fn]
   local cls = activation(name, function(self, x)
     if #params == 0 then return f(x) end
-    return f(x, self[params[1].name], params[2] and self[params[2].name])
+    if #params == 1 then return f(x, self[params[1].name]) end
+    return f(x, self[params[1].name], self[params[2].name])
   end)
+  local accepted = {}
+  for i, p in ipairs(params) do accepted[i] = p.name .. ":number" end
+  local unsupported = inplace_activations[name] and { inplace = false } or nil
+  if #params == 0 then
+    function cls:init(first, ...)
+      init_arity(name, type(first) == "table" and 1 or 0, select("#", ...) + (first ~= nil and 1 or 0))
+      init_opts(first, name, accepted, unsupported)
+    end
+  end
   if #params > 0 then
     function cls:init(first, ...)
+      if type(first) == "table" then
+        init_arity(name, 1, select("#", ...) + 1)
+        init_opts(first, name, accepted, unsupported)
+      else
+        init_arity(name, #params, select("#", ...) + 1)
+      end
       local args = type(first) == "table" and first or { first, ... }
       for i, p in ipairs(params) do
         local v = args[p.name]
@@ -813,7 +848,8 @@ for _, entry in ipairs(pointwise_activations) do activations[entry[2]] = nn[entr
 -- mode and scales the rest by 1/(1-p); the identity in eval mode.
 local Dropout = class("Dropout")
 nn.Dropout = Dropout
-function Dropout:init(p)
+function Dropout:init(p, ...)
+  init_arity("Dropout", 1, select("#", ...) + 1)
   p = p or 0.5
   if type(p) ~= "number" or not (p >= 0 and p <= 1) then
     error(("Dropout: expected a probability p in [0, 1], got %s"):format(tostring(p)), 3)
@@ -831,8 +867,10 @@ function Dropout:extra_repr() return "p=" .. self.p end
 -- affine weight starts at ones and the bias at zeros.
 local LayerNorm = class("LayerNorm")
 nn.LayerNorm = LayerNorm
-function LayerNorm:init(shape, opts)
-  opts = opts or {}
+function LayerNorm:init(shape, opts, ...)
+  init_arity("LayerNorm", 2, select("#", ...) + 2)
+  opts = init_opts(opts, "LayerNorm", { "eps:number", "elementwise_affine:boolean", "bias:boolean",
+                   "dtype:string" }, { device = "cpu" })
   if math.type(shape) == "integer" then shape = { shape } end
   if type(shape) ~= "table" or #shape == 0 then
     error(("LayerNorm: expected normalized_shape as an integer or a table of sizes, got %s")
@@ -859,8 +897,11 @@ end
 -- table initialised N(0, 1) as in torch; indices are int64, 1-based.
 local Embedding = class("Embedding")
 nn.Embedding = Embedding
-function Embedding:init(num, dim, opts)
-  opts = opts or {}
+function Embedding:init(num, dim, opts, ...)
+  init_arity("Embedding", 3, select("#", ...) + 3)
+  opts = init_opts(opts, "Embedding", { "dtype:string" }, { padding_idx = NONE, max_norm = NONE,
+                   norm_type = 2, scale_grad_by_freq = false, sparse = false, _weight = NONE,
+                   _freeze = false, device = "cpu" })
   check_size("Embedding", "num_embeddings", num)
   check_size("Embedding", "embedding_dim", dim)
   self.num_embeddings, self.embedding_dim = num, dim
@@ -873,7 +914,8 @@ function Embedding:extra_repr() return ("%d, %d"):format(self.num_embeddings, se
 -- the default keeps the batch dim, as torch's nn.Flatten.
 local Flatten = class("Flatten")
 nn.Flatten = Flatten
-function Flatten:init(start_dim, end_dim)
+function Flatten:init(start_dim, end_dim, ...)
+  init_arity("Flatten", 2, select("#", ...) + 2)
   self.start_dim, self.end_dim = start_dim or 2, end_dim or -1
 end
 function Flatten:forward(x)
@@ -887,8 +929,10 @@ function Flatten:extra_repr() return ("start_dim=%d, end_dim=%d"):format(self.st
 -- [out, in, kh, kw] with torch's default initialisation (see Linear).
 local Conv2d = class("Conv2d")
 nn.Conv2d = Conv2d
-function Conv2d:init(cin, cout, kernel, opts)
-  opts = opts or {}
+function Conv2d:init(cin, cout, kernel, opts, ...)
+  init_arity("Conv2d", 4, select("#", ...) + 4)
+  opts = init_opts(opts, "Conv2d", { "stride:number|table", "padding:number|table", "bias:boolean",
+                   "dtype:string" }, { dilation = 1, groups = 1, padding_mode = "zeros", device = "cpu" })
   check_size("Conv2d", "in_channels", cin)
   check_size("Conv2d", "out_channels", cout)
   local k = pair("Conv2d", "kernel_size", kernel, 1)
@@ -912,12 +956,16 @@ end
 
 -- pooling: nn.MaxPool2d(kernel [, stride = kernel [, padding = 0]]), also
 -- with an options table {stride =, padding =} as the second argument.
-local function pool(name, fn)
+local function pool(name, fn, unsupported)
   local cls = class(name)
   nn[name] = cls
-  function cls:init(kernel, stride, padding)
-    if type(stride) == "table" and (stride.stride or stride.padding) then
-      stride, padding = stride.stride, stride.padding
+  function cls:init(kernel, stride, padding, ...)
+    if type(stride) == "table" and stride[1] == nil then   -- an options table, not {h, w}
+      init_arity(name, 2, select("#", ...) + (padding ~= nil and 3 or 2))
+      local o = init_opts(stride, name, { "stride:number|table", "padding:number|table" }, unsupported)
+      stride, padding = o.stride, o.padding
+    else
+      init_arity(name, 3, select("#", ...) + 3)
     end
     self.kernel_size = pair(name, "kernel_size", kernel, 1)
     self.stride = pair(name, "stride", stride or kernel, 1)
@@ -929,8 +977,9 @@ local function pool(name, fn)
       self.kernel_size[2], self.stride[1], self.stride[2], self.padding[1], self.padding[2])
   end
 end
-pool("MaxPool2d", "max_pool2d")
-pool("AvgPool2d", "avg_pool2d")
+pool("MaxPool2d", "max_pool2d", { dilation = 1, return_indices = false, ceil_mode = false })
+-- MaxPool2d's windows count padding as PyTorch's default count_include_pad = true.
+pool("AvgPool2d", "avg_pool2d", { ceil_mode = false, count_include_pad = true, divisor_override = NONE })
 
 --- nn.MLP{sizes = {784, 256, 128, 10} [, activation = "relu"] [, dropout = p]
 --         [, norm = "layernorm"] [, bias = true] [, dtype =]}
@@ -939,10 +988,13 @@ pool("AvgPool2d", "avg_pool2d")
 -- parameter names read layers.1.weight, layers.1.bias, ...
 local MLP = class("MLP")
 nn.MLP = MLP
-function MLP:init(opts)
+function MLP:init(opts, ...)
+  init_arity("MLP", 1, select("#", ...) + 1)
   if type(opts) ~= "table" or type(opts.sizes) ~= "table" or #opts.sizes < 2 then
     error("MLP: expected {sizes = {in, hidden..., out}} with at least two sizes", 3)
   end
+  init_opts(opts, "MLP", { "sizes:table", "activation", "dropout:number", "norm:string", "bias:boolean",
+            "dtype:string" })
   local sizes = opts.sizes
   for i, s in ipairs(sizes) do check_size("MLP", "sizes[" .. i .. "]", s) end
   local act = opts.activation or "relu"
@@ -984,6 +1036,22 @@ function MLP:extra_repr() return table.concat(self.sizes, " -> ") end
 -- losses: functions (nn.cross_entropy(input, target, opts)) and modules
 -- (nn.CrossEntropyLoss(opts)(input, target)).  The fused ones live in C.
 
+-- The options each loss takes (its module and its function alike), and the
+-- ones PyTorch has that MicroML does not support yet.
+local LOSS_OPTIONS = {
+  CrossEntropyLoss = { "reduction:string", "label_smoothing:number", "ignore_index:number" },
+  NLLLoss = { "reduction:string", "ignore_index:number" },
+  MSELoss = { "reduction:string" },
+  L1Loss = { "reduction:string" },
+  HuberLoss = { "delta:number", "reduction:string" },
+  BCEWithLogitsLoss = { "reduction:string" },
+}
+local LOSS_UNSUPPORTED = {
+  CrossEntropyLoss = { weight = NONE },
+  NLLLoss = { weight = NONE },
+  BCEWithLogitsLoss = { weight = NONE, pos_weight = NONE },
+}
+
 local function reduce(where, t, reduction)
   reduction = reduction or "mean"
   if reduction == "mean" then return t:mean()
@@ -1005,32 +1073,36 @@ local function check_pair(where, a, b)
 end
 
 --- nn.cross_entropy(logits [N, C], labels [N] int64 in 1..C [, {reduction =, label_smoothing =, ignore_index =}])
-function nn.cross_entropy(input, target, opts) return mm.cross_entropy(input, target, opts) end
+function nn.cross_entropy(input, target, opts, ...) return mm.cross_entropy(input, target, opts, ...) end
 --- nn.nll_loss(log_probs [N, C], labels [N] [, opts])
-function nn.nll_loss(input, target, opts) return mm.nll_loss(input, target, opts) end
+function nn.nll_loss(input, target, opts, ...) return mm.nll_loss(input, target, opts, ...) end
 --- nn.mse_loss(input, target [, {reduction = "mean"}])
-function nn.mse_loss(input, target, opts) return mm.mse_loss(input, target, opts) end
+function nn.mse_loss(input, target, opts, ...) return mm.mse_loss(input, target, opts, ...) end
 --- nn.binary_cross_entropy_with_logits(logits, targets in [0, 1] [, {reduction =}])
-function nn.binary_cross_entropy_with_logits(input, target, opts)
-  return mm.binary_cross_entropy_with_logits(input, target, opts)
+function nn.binary_cross_entropy_with_logits(input, target, opts, ...)
+  return mm.binary_cross_entropy_with_logits(input, target, opts, ...)
 end
 
 --- nn.l1_loss(input, target [, {reduction = "mean"}]): |input - target|.
-function nn.l1_loss(input, target, opts)
+function nn.l1_loss(input, target, opts, ...)
+  options.arity("l1_loss", 3, select("#", ...) + 3)
   check_pair("l1_loss", input, target)
   if opts ~= nil and type(opts) ~= "table" then
     error(("l1_loss: expected an options table as argument 3, got %s"):format(type(opts)), 2)
   end
+  options.check(opts, "l1_loss", LOSS_OPTIONS.L1Loss)
   return reduce("l1_loss", (input - target):abs(), opts and opts.reduction)
 end
 
 --- nn.huber_loss(input, target [, {delta = 1, reduction = "mean"}]):
 -- 0.5 d^2 where |d| <= delta, delta (|d| - delta/2) elsewhere, d = input - target.
-function nn.huber_loss(input, target, opts)
+function nn.huber_loss(input, target, opts, ...)
+  options.arity("huber_loss", 3, select("#", ...) + 3)
   opts = opts or {}
   if type(opts) ~= "table" then
     error(("huber_loss: expected an options table as argument 3, got %s"):format(type(opts)), 2)
   end
+  options.check(opts, "huber_loss", LOSS_OPTIONS.HuberLoss)
   check_pair("huber_loss", input, target)
   local delta = opts.delta or 1
   if type(delta) ~= "number" or not (delta > 0) then
@@ -1046,7 +1118,10 @@ end
 local function loss_module(name, fn)
   local cls = class(name)
   nn[name] = cls
-  function cls:init(opts) self.opts = opts or {} end
+  function cls:init(opts, ...)
+    init_arity(name, 1, select("#", ...) + 1)
+    self.opts = init_opts(opts, name, LOSS_OPTIONS[name], LOSS_UNSUPPORTED[name])
+  end
   function cls:forward(input, target) return fn(input, target, self.opts) end
   function cls:extra_repr()
     local keys = {}

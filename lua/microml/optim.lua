@@ -13,9 +13,31 @@
 -- tensor ops, no temporaries.  The semantics follow torch.optim.
 local mm = require "microml"
 
+local options = require "microml.options"
+
 local M = {}
 
 local is_tensor = mm.is_tensor
+local NONE = options.NONE
+
+-- torch.optim options MicroML does not have (yet): only their defaults pass.
+local OPTIM_UNSUPPORTED = { maximize = false, foreach = NONE, differentiable = false, fused = NONE,
+                            capturable = false }
+
+-- The option names of an optimizer class (sorted), and of its param groups
+-- (the same plus params, and initial_lr that schedulers add).
+local function option_names(cls)
+  if not cls._option_names then
+    local known = {}
+    for name in pairs(cls.defaults) do known[#known + 1] = name end
+    table.sort(known)
+    local group = { "params" }
+    for _, k in ipairs(known) do group[#group + 1] = k end
+    group[#group + 1] = "initial_lr"
+    cls._option_names, cls._group_names = known, group
+  end
+  return cls._option_names, cls._group_names
+end
 
 -- ---------------------------------------------------------------------------
 -- parameter lists and groups
@@ -69,15 +91,8 @@ local function new_optimizer(cls, params, opts, where)
   if type(opts) ~= "table" then
     error(("%s: expected an options table as argument 2, got %s"):format(where, type(opts)), 3)
   end
-  for k in pairs(opts) do
-    if cls.defaults[k] == nil then
-      local known = {}
-      for name in pairs(cls.defaults) do known[#known + 1] = name end
-      table.sort(known)
-      error(("%s: unknown option '%s' (expected one of: %s)"):format(where, tostring(k),
-            table.concat(known, ", ")), 3)
-    end
-  end
+  local known, group_known = option_names(cls)
+  options.check(opts, where, known, OPTIM_UNSUPPORTED, 3)
   local defaults = {}
   for k, v in pairs(cls.defaults) do defaults[k] = copy_value(v) end
   for k, v in pairs(opts) do defaults[k] = copy_value(v) end
@@ -86,6 +101,9 @@ local function new_optimizer(cls, params, opts, where)
   local groups = is_group_list(params) and params or { { params = params } }
   local seen = {}
   for gi, g in ipairs(groups) do
+    if groups == params then
+      options.check(g, ("%s: param group %d"):format(where, gi), group_known, OPTIM_UNSUPPORTED, 3)
+    end
     local group = {}
     for k, v in pairs(g) do if k ~= "params" then group[k] = copy_value(v) end end
     for k, v in pairs(defaults) do if group[k] == nil then group[k] = copy_value(v) end end
@@ -128,6 +146,8 @@ function Optimizer:add_param_group(g)
   if type(g) ~= "table" or g.params == nil then
     error(where .. ": expected a table {params = ..., ...}", 2)
   end
+  local _, group_known = option_names(getmetatable(self))
+  options.check(g, where, group_known, OPTIM_UNSUPPORTED)
   local group = {}
   for k, v in pairs(g) do if k ~= "params" then group[k] = copy_value(v) end end
   for k, v in pairs(self.defaults) do if group[k] == nil then group[k] = copy_value(v) end end
@@ -357,7 +377,10 @@ local SGD = optimizer_class("SGD",
 
 --- optim.SGD(params, {lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=false})
 -- weight_decay is an L2 term added to the gradient, as in torch.optim.SGD.
-function M.SGD(params, opts) return new_optimizer(SGD, params, opts, "SGD") end
+function M.SGD(params, opts, ...)
+  options.arity("SGD", 2, select("#", ...) + 2)
+  return new_optimizer(SGD, params, opts, "SGD")
+end
 
 -- ---------------------------------------------------------------------------
 -- Adam and AdamW
@@ -442,13 +465,19 @@ local AdamW = optimizer_class("AdamW",
 --- optim.Adam(params, {lr=1e-3, betas={0.9, 0.999}, eps=1e-8, weight_decay=0, amsgrad=false})
 -- weight_decay is an L2 term added to the gradient (coupled with the
 -- adaptive scaling), as in torch.optim.Adam.
-function M.Adam(params, opts) return new_optimizer(Adam, params, opts, "Adam") end
+function M.Adam(params, opts, ...)
+  options.arity("Adam", 2, select("#", ...) + 2)
+  return new_optimizer(Adam, params, opts, "Adam")
+end
 
 --- optim.AdamW(params, {lr=1e-3, betas={0.9, 0.999}, eps=1e-8, weight_decay=1e-2, amsgrad=false})
 -- Decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight Decay
 -- Regularization"): p *= 1 - lr * weight_decay before the Adam step, so the
 -- decay is not divided by the adaptive denominator.  Bias-corrected moments.
-function M.AdamW(params, opts) return new_optimizer(AdamW, params, opts, "AdamW") end
+function M.AdamW(params, opts, ...)
+  options.arity("AdamW", 2, select("#", ...) + 2)
+  return new_optimizer(AdamW, params, opts, "AdamW")
+end
 
 -- ---------------------------------------------------------------------------
 -- gradient clipping
@@ -459,7 +488,8 @@ function M.AdamW(params, opts) return new_optimizer(AdamW, params, opts, "AdamW"
 -- max_norm / (total + 1e-6), as torch.nn.utils.clip_grad_norm_ does.
 -- norm_type may be math.huge for the max-abs norm.  Parameters without a
 -- gradient are skipped.
-function M.clip_grad_norm(params, max_norm, norm_type)
+function M.clip_grad_norm(params, max_norm, norm_type, ...)
+  options.arity("clip_grad_norm", 3, select("#", ...) + 3)
   params = as_param_list(params, "clip_grad_norm")
   if type(max_norm) ~= "number" or max_norm ~= max_norm or max_norm < 0 then
     error(("clip_grad_norm: expected max_norm >= 0, got %s"):format(tostring(max_norm)), 2)
@@ -586,8 +616,9 @@ local StepLR = scheduler_class("StepLR", function(self, t, base)
 end)
 
 --- optim.StepLR(opt, {step_size =, gamma = 0.1}): lr = base * gamma^floor(t / step_size).
-function M.StepLR(opt, opts)
-  opts = opts or {}
+function M.StepLR(opt, opts, ...)
+  options.arity("StepLR", 2, select("#", ...) + 2)
+  opts = options.check(opts, "StepLR", { "step_size:number", "gamma:number" }, { last_epoch = -1 })
   local self = new_scheduler(StepLR, opt, "StepLR")
   self.step_size = positive_int("StepLR", "step_size", opts.step_size)
   self.gamma = opts.gamma or 0.1
@@ -613,8 +644,10 @@ end)
 -- then half a cosine from base at t = warmup down to eta_min at t = T_max,
 -- and eta_min after that.  T_max counts all steps, warmup included.  With
 -- warmup = 0 this is torch's CosineAnnealingLR over one half period.
-function M.CosineAnnealingLR(opt, opts)
-  opts = opts or {}
+function M.CosineAnnealingLR(opt, opts, ...)
+  options.arity("CosineAnnealingLR", 2, select("#", ...) + 2)
+  opts = options.check(opts, "CosineAnnealingLR", { "T_max:number", "eta_min:number", "warmup:number",
+                       "warmup_start_factor:number" }, { last_epoch = -1 })
   local self = new_scheduler(Cosine, opt, "CosineAnnealingLR")
   self.T_max = positive_int("CosineAnnealingLR", "T_max", opts.T_max)
   self.eta_min = opts.eta_min or 0
@@ -635,8 +668,10 @@ end)
 --- optim.LinearWarmup(opt, {warmup_steps =, start_factor = 0}): lr rises
 -- linearly from start_factor * base at t = 0 to base at t = warmup_steps,
 -- then stays at base.
-function M.LinearWarmup(opt, opts)
-  opts = opts or {}
+function M.LinearWarmup(opt, opts, ...)
+  options.arity("LinearWarmup", 2, select("#", ...) + 2)
+  opts = options.check(opts, "LinearWarmup", { "warmup_steps:number", "start_factor:number" },
+                       { last_epoch = -1 })
   local self = new_scheduler(Warmup, opt, "LinearWarmup")
   self.warmup_steps = positive_int("LinearWarmup", "warmup_steps", opts.warmup_steps)
   self.start_factor = opts.start_factor or 0
@@ -656,7 +691,8 @@ local Lambda = scheduler_class("LambdaLR", function(self, t, base)
 end)
 
 --- optim.LambdaLR(opt, fn): lr = base * fn(t).
-function M.LambdaLR(opt, fn)
+function M.LambdaLR(opt, fn, ...)
+  options.arity("LambdaLR", 2, select("#", ...) + 2)
   if type(fn) ~= "function" then error("LambdaLR: expected a function as argument 2", 2) end
   local self = new_scheduler(Lambda, opt, "LambdaLR")
   self.fn = fn

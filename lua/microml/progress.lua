@@ -21,6 +21,7 @@
 -- clock (a function returning seconds; tests pass a fake one).
 local mm = require "microml"
 
+local options = require "microml.options"
 local progress = {}
 
 local Bar = {}
@@ -77,11 +78,17 @@ local function is_terminal(stream)
 end
 
 --- progress.new(opts) -> bar
-function progress.new(opts)
+local BAR_OPTIONS = { "total", "desc:string", "stream", "tty:boolean", "clock:function", "width:number",
+                      "interval:number", "every_percent:number", "every_seconds:number", "unit:string",
+                      "ascii:boolean" }
+
+function progress.new(opts, ...)
+  options.arity("progress.new", 1, select("#", ...) + 1)
   opts = opts or {}
   if type(opts) ~= "table" then
     error(("progress.new: expected an options table, got %s"):format(type(opts)), 2)
   end
+  options.check(opts, "progress.new", BAR_OPTIONS)
   local total = opts.total
   if total ~= nil and (type(total) ~= "number" or total < 0) then
     error(("progress.new: total must be a number >= 0 or nil, got %s"):format(tostring(total)), 2)

@@ -83,12 +83,19 @@ function viz.named(params, where)
   return out
 end
 
-local function check_opts(opts, where)
+local options = require "microml.options"
+
+local DOT_OPTIONS = { "params", "max_nodes", "collapse", "legend:boolean", "title:string" }
+local RENDER_OPTIONS = { "params", "max_nodes", "collapse", "legend:boolean",
+                         "title:string", "dot:string" }
+local REPORT_OPTIONS = { "vanish:number", "explode:number", "out", "print:boolean" }
+
+local function check_opts(opts, where, accepted)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
     error(("%s: expected an options table, got %s"):format(where, type(opts)), 3)
   end
-  return opts
+  return options.check(opts, where, accepted, nil, 3)
 end
 
 local function core_opts(opts, where)
@@ -105,11 +112,12 @@ local function core_opts(opts, where)
 end
 
 --- DOT text for the autograd graph that produced t.
-function viz.dot(t, opts)
+function viz.dot(t, opts, ...)
+  options.arity("viz.dot", 2, select("#", ...) + 2)
   if not is_tensor(t) then
     error(("viz.dot: expected a tensor as argument 1, got %s"):format(type(t)), 2)
   end
-  opts = check_opts(opts, "viz.dot")
+  opts = check_opts(opts, "viz.dot", DOT_OPTIONS)
   local params = opts.params ~= nil and viz.named(opts.params, "viz.dot") or nil
   local ok, res = pcall(mm._graph_dot, t, params, core_opts(opts, "viz.dot"))
   if not ok then error("viz.dot: " .. tostring(res):gsub("^graph_dot: ", ""), 2) end
@@ -130,17 +138,20 @@ end
 
 --- Draws the graph of t into path; the format follows the extension (.svg,
 -- .png, .pdf; .dot/.gv writes the DOT text itself).  Returns path.
-function viz.render(t, path, opts)
+function viz.render(t, path, opts, ...)
+  options.arity("viz.render", 3, select("#", ...) + 3)
   if type(path) ~= "string" then
     error(("viz.render: expected an output path as argument 2, got %s"):format(type(path)), 2)
   end
-  opts = check_opts(opts, "viz.render")
+  opts = check_opts(opts, "viz.render", RENDER_OPTIONS)
   local ext = (path:match("%.([%w]+)$") or ""):lower()
   if not formats[ext] and ext ~= "dot" and ext ~= "gv" then
     error(("viz.render: expected a path ending in .svg, .png, .pdf (or .dot/.gv for the text), got '%s'")
       :format(path), 2)
   end
-  local ok, text = pcall(viz.dot, t, opts)
+  local dot_opts = {}
+  for k, v in pairs(opts) do if k ~= "dot" then dot_opts[k] = v end end
+  local ok, text = pcall(viz.dot, t, dot_opts)
   if not ok then error(tostring(text):gsub("^viz%.dot", "viz.render"), 2) end
 
   if not formats[ext] then
@@ -210,8 +221,9 @@ end
 -- whose weights are all zero (a fresh bias) has no ratio and is judged by
 -- its gradient alone.  Prints the table (to opts.out, default io.stdout;
 -- opts.print = false to stay quiet) and returns the rows and the text.
-function viz.grad_report(params, opts)
-  opts = check_opts(opts, "viz.grad_report")
+function viz.grad_report(params, opts, ...)
+  options.arity("viz.grad_report", 2, select("#", ...) + 2)
+  opts = check_opts(opts, "viz.grad_report", REPORT_OPTIONS)
   local list = viz.named(params, "viz.grad_report")
   local vanish, explode = opts.vanish or 1e-7, opts.explode or 1e2
   local rows = {}
