@@ -18,39 +18,24 @@ int mm_lua_error(lua_State *L) { return luaL_error(L, "%s", mm_error()); }
  * fifth of the cost of a one-element `a + b` before.  A second Lua state
  * that opened the module has its own metatable and takes the named lookup;
  * the cache is cleared when its state closes (module.c's pool guard). */
-static const void *tensor_mt;
+const void *mm_lua_tensor_mt;
 static int tensor_mt_ref = LUA_NOREF;
 
 void mm_lua_set_tensor_metatable(lua_State *L, int idx) {
-  tensor_mt = lua_topointer(L, idx);
+  mm_lua_tensor_mt = lua_topointer(L, idx);
   lua_pushvalue(L, idx);
   tensor_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 void mm_lua_forget_tensor_metatable(lua_State *L) {
   luaL_getmetatable(L, MM_TENSOR_MT);
-  if (lua_topointer(L, -1) == tensor_mt) tensor_mt = NULL;   /* this state's: about to go */
+  if (lua_topointer(L, -1) == mm_lua_tensor_mt) mm_lua_tensor_mt = NULL;   /* this state's: about to go */
   lua_pop(L, 1);
 }
 
-mm_lua_box *mm_lua_test_box(lua_State *L, int idx) {
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
-  bool ours = tensor_mt && lua_topointer(L, -1) == tensor_mt;
-  lua_pop(L, 1);
-  return ours ? lua_touserdata(L, idx) : luaL_testudata(L, idx, MM_TENSOR_MT);
-}
-
-mm_tensor *mm_lua_test(lua_State *L, int idx) {
-  mm_lua_box *b = mm_lua_test_box(L, idx);
-  if (b && !b->t) luaL_argerror(L, idx, "tensor has been freed (used after :free() or <close>)");
-  return b ? b->t : NULL;
-}
-
-mm_tensor *mm_lua_check(lua_State *L, int idx) {
-  mm_lua_box *b = mm_lua_test_box(L, idx);
-  if (!b) luaL_typeerror(L, idx, "Tensor");
-  if (!b->t) luaL_argerror(L, idx, "tensor has been freed (used after :free() or <close>)");
-  return b->t;
+/* A Tensor of another Lua state (whose metatable is not the cached one). */
+mm_lua_box *mm_lua_test_box_named(lua_State *L, int idx) {
+  return luaL_testudata(L, idx, MM_TENSOR_MT);
 }
 
 /* Collector pacing: storages are invisible to Lua's allocator, so report
@@ -69,7 +54,7 @@ int mm_lua_push(lua_State *L, mm_tensor *t) {
   mm_lua_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = NULL;
   if (lua_rawgeti(L, LUA_REGISTRYINDEX, tensor_mt_ref) == LUA_TTABLE &&
-      lua_topointer(L, -1) == tensor_mt) {
+      lua_topointer(L, -1) == mm_lua_tensor_mt) {
     lua_setmetatable(L, -2);
   } else {   /* another state: the ref may name something else there */
     lua_pop(L, 1);

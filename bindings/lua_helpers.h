@@ -29,8 +29,18 @@ typedef struct { mm_tensor *t; } mm_lua_box;
 
 /* The box at idx if the value is a Tensor userdata (freed or not), else
    NULL.  Compares the value's metatable with the cached Tensor metatable
-   (mm_lua_set_tensor_metatable), falling back to the named lookup. */
-mm_lua_box *mm_lua_test_box(lua_State *L, int idx);
+   (mm_lua_set_tensor_metatable), falling back to the named lookup.  Inline,
+   with mm_lua_test and mm_lua_check below: every op's binding recognises
+   its operands this way, and a call into another file for each was a few
+   percent of a one-element `a + b`. */
+extern const void *mm_lua_tensor_mt;
+mm_lua_box *mm_lua_test_box_named(lua_State *L, int idx);
+static inline mm_lua_box *mm_lua_test_box(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+  int ours = mm_lua_tensor_mt && lua_topointer(L, -1) == mm_lua_tensor_mt;
+  lua_pop(L, 1);
+  return ours ? (mm_lua_box *)lua_touserdata(L, idx) : mm_lua_test_box_named(L, idx);
+}
 /* Makes the table at idx the Tensor metatable that mm_lua_push sets and
    mm_lua_test_box recognises by address (the table must already be
    registered under MM_TENSOR_MT). */
@@ -40,9 +50,18 @@ void mm_lua_set_tensor_metatable(lua_State *L, int idx);
 void mm_lua_forget_tensor_metatable(lua_State *L);
 
 /* The tensor at idx (error if not a tensor, or freed). */
-mm_tensor *mm_lua_check(lua_State *L, int idx);
+static inline mm_tensor *mm_lua_check(lua_State *L, int idx) {
+  mm_lua_box *b = mm_lua_test_box(L, idx);
+  if (!b) luaL_typeerror(L, idx, "Tensor");
+  if (!b->t) luaL_argerror(L, idx, "tensor has been freed (used after :free() or <close>)");
+  return b->t;
+}
 /* The tensor at idx, or NULL if the value is not a tensor. */
-mm_tensor *mm_lua_test(lua_State *L, int idx);
+static inline mm_tensor *mm_lua_test(lua_State *L, int idx) {
+  mm_lua_box *b = mm_lua_test_box(L, idx);
+  if (b && !b->t) luaL_argerror(L, idx, "tensor has been freed (used after :free() or <close>)");
+  return b ? b->t : NULL;
+}
 /* Tensor at idx, or a number turned into a 0-dim tensor of like's dtype
    (float32 when like is NULL).  Returns a NEW reference. */
 mm_tensor *mm_lua_check_tensor_or_number(lua_State *L, int idx, const mm_tensor *like);
